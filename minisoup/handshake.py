@@ -1,0 +1,278 @@
+"""The WebSocket opening handshake (RFC 6455 section 4), sans-I/O.
+
+The server side checks a request the way libsoup's
+``soup_websocket_server_check_handshake`` does, with the differences the SPEC
+asks for (all failures are 400 except a bad Origin, 403; HTTP/1.1 is required;
+a wrong version is answered with ``Sec-WebSocket-Version: 13``). The client
+side builds the request headers and verifies the server's answer.
+
+Headers arrive as any object with ``get_one(name)`` (last value) and
+``get_list(name)`` (all values comma-joined), case-insensitive names.
+"""
+
+import base64
+import binascii
+import hashlib
+import re
+import secrets
+from http import HTTPStatus
+from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
+
+__all__ = [
+    "WEBSOCKET_GUID", "WEBSOCKET_VERSION", "KEY_SIZE",
+    "compute_accept", "HandshakeError", "HandshakeResult",
+    "server_handshake", "client_request_headers", "client_check_response",
+]
+
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WEBSOCKET_VERSION = "13"
+KEY_SIZE = 16  # bytes of randomness in Sec-WebSocket-Key
+
+UPGRADE_TOKEN = "websocket"
+CONNECTION_TOKEN = "upgrade"
+
+# RFC 7230 token characters: what a subprotocol name may be made of.
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Characters that would let a caller's value break out of a header line or
+# the request line.
+_UNSAFE_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+Header = Tuple[str, str]
+
+
+class HeadersLike(Protocol):
+    """What the handshake functions need from a headers object."""
+
+    def get_one(self, name: str) -> Optional[str]:
+        """The last (or only) value of ``name``, or None."""
+        ...
+
+    def get_list(self, name: str) -> Optional[str]:
+        """All values of ``name`` joined with ", ", or None."""
+        ...
+
+
+class HandshakeError(Exception):
+    """A failed handshake.
+
+    On the server, ``status`` (400 or 403) and ``message`` (names the failed
+    check; used as the response body) describe the error response, and
+    ``headers`` lists extra response headers it must carry. On the client,
+    ``status`` is the server's status code and ``message`` says what was wrong.
+    """
+
+    def __init__(self, status: int, message: str, headers: Sequence[Header] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+class HandshakeResult(NamedTuple):
+    """A successful handshake.
+
+    ``protocol``: the chosen subprotocol or None; ``extensions``: the
+    negotiated extension instances, in order; ``headers``: on the server, the
+    headers of the 101 response (empty on the client).
+    """
+
+    protocol: Optional[str]
+    extensions: list
+    headers: List[Header]
+
+
+def compute_accept(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key``: base64 of the
+    SHA-1 of the key (as sent, not decoded) followed by the RFC's GUID."""
+    digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("ascii")).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _tokens(value: Optional[str]) -> List[str]:
+    """The non-empty, stripped elements of a comma-separated header value."""
+    if value is None:
+        return []
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _has_token(headers: HeadersLike, name: str, token: str) -> bool:
+    """Whether header ``name`` lists ``token`` (compared case-insensitively)."""
+    return token in (item.lower() for item in _tokens(headers.get_list(name)))
+
+
+def _valid_key(key: Optional[str]) -> bool:
+    if key is None:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == KEY_SIZE
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII str
+        return False
+
+
+def _extensions_module():
+    # Imported on first use only: the handshake needs it only when extension
+    # types are configured, and this keeps handshake importable on its own.
+    from minisoup import extensions
+    return extensions
+
+
+def _bad_request(message: str, headers: Sequence[Header] = ()) -> HandshakeError:
+    return HandshakeError(HTTPStatus.BAD_REQUEST, message, headers)
+
+
+def server_handshake(method: str, http_version: str, headers: HeadersLike,
+                     origin: Optional[str], protocols: Optional[Sequence[str]],
+                     extension_types: Sequence = ()) -> HandshakeResult:
+    """Check a WebSocket upgrade request and prepare the 101 response.
+
+    ``method`` and ``http_version`` ("HTTP/1.1" or "HTTP/1.0") come from the
+    request line. ``origin``: when not None, the request's Origin must equal
+    it case-insensitively (403 otherwise). ``protocols``: when not None and
+    the client offers subprotocols, the first of ``protocols`` that the client
+    offered is chosen (server preference), and no match is a 400.
+    ``extension_types`` are negotiated via ``minisoup.extensions``; offers
+    with bad parameters are declined, never an error.
+
+    Raises HandshakeError (400, or 403 for the Origin) naming the first check
+    that failed, in this order: method GET, HTTP/1.1, Upgrade, Connection,
+    Sec-WebSocket-Version, Sec-WebSocket-Key, Origin, Sec-WebSocket-Protocol.
+    """
+    if method != "GET":
+        raise _bad_request("WebSocket handshake expected: method must be GET, not %s" % method)
+    if http_version != "HTTP/1.1":
+        raise _bad_request("WebSocket handshake expected: HTTP/1.1 required, not %s" % http_version)
+    if not _has_token(headers, "Upgrade", UPGRADE_TOKEN):
+        raise _bad_request("WebSocket handshake expected: Upgrade header must contain websocket")
+    if not _has_token(headers, "Connection", CONNECTION_TOKEN):
+        raise _bad_request("WebSocket handshake expected: Connection header must contain Upgrade")
+
+    version = headers.get_one("Sec-WebSocket-Version")
+    if version is None or version.strip() != WEBSOCKET_VERSION:
+        # RFC 6455 4.4: tell the client which version we speak (libsoup does not).
+        raise _bad_request("Unsupported WebSocket version: Sec-WebSocket-Version must be 13",
+                           [("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
+
+    key = headers.get_one("Sec-WebSocket-Key")
+    if key is not None:
+        key = key.strip()  # RFC 6455 4.2.2: the accept uses the trimmed key
+    if not _valid_key(key):
+        raise _bad_request("Invalid WebSocket key: Sec-WebSocket-Key must be base64 of 16 bytes")
+
+    if origin is not None:
+        # Whole-string, case-insensitive, no normalisation: as libsoup.
+        request_origin = headers.get_one("Origin")
+        if request_origin is None or request_origin.lower() != origin.lower():
+            raise HandshakeError(HTTPStatus.FORBIDDEN, "Incorrect WebSocket Origin header")
+
+    protocol = None
+    if protocols is not None:
+        offered_value = headers.get_list("Sec-WebSocket-Protocol")
+        if offered_value is not None:
+            offered = _tokens(offered_value)
+            protocol = next((p for p in protocols if p in offered), None)
+            if protocol is None:
+                raise _bad_request("Unsupported WebSocket subprotocol: none of %s offered"
+                                   % ", ".join(protocols))
+
+    response = [
+        ("Upgrade", UPGRADE_TOKEN),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", compute_accept(key)),
+    ]
+    if protocol is not None:
+        response.append(("Sec-WebSocket-Protocol", protocol))
+
+    accepted = []  # type: list
+    if extension_types:
+        accepted, answer = _extensions_module().negotiate_server(
+            headers.get_list("Sec-WebSocket-Extensions"), list(extension_types))
+        if answer:
+            response.append(("Sec-WebSocket-Extensions", answer))
+    return HandshakeResult(protocol, accepted, response)
+
+
+def _check_header_value(what: str, value: str) -> None:
+    if _UNSAFE_RE.search(value):
+        raise ValueError("%s contains control characters: %r" % (what, value))
+
+
+def client_request_headers(host: str, path: str, origin: Optional[str] = None,
+                           protocols: Optional[Sequence[str]] = None,
+                           extension_types: Sequence = ()) -> Tuple[str, List[Header]]:
+    """Headers of a client upgrade request, and the fresh random key in them.
+
+    ``host`` is the Host header value ("host[:port]"), ``path`` the request
+    target (validated here so the caller can put it in the request line as
+    is). Returns ``(key, headers)``; keep ``key`` for
+    :func:`client_check_response`. Raises ValueError for a path not starting
+    with "/", values with control characters or whitespace in the path, or a
+    subprotocol that is not an RFC 7230 token.
+    """
+    if not path.startswith("/") or " " in path:
+        raise ValueError("request path must start with / and contain no spaces: %r" % path)
+    for what, value in (("path", path), ("host", host), ("origin", origin or "")):
+        _check_header_value(what, value)
+
+    key = base64.b64encode(secrets.token_bytes(KEY_SIZE)).decode("ascii")
+    headers = [
+        ("Host", host),
+        ("Upgrade", UPGRADE_TOKEN),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", WEBSOCKET_VERSION),
+    ]
+    if origin is not None:
+        headers.append(("Origin", origin))
+    if protocols:
+        for protocol in protocols:
+            if not _TOKEN_RE.match(protocol):
+                raise ValueError("invalid subprotocol name %r" % protocol)
+        headers.append(("Sec-WebSocket-Protocol", ", ".join(protocols)))
+    if extension_types:
+        offer = _extensions_module().client_offer(list(extension_types))
+        if offer:
+            headers.append(("Sec-WebSocket-Extensions", offer))
+    return key, headers
+
+
+def client_check_response(status: int, headers: HeadersLike, key: str,
+                          protocols: Optional[Sequence[str]] = None,
+                          extension_types: Sequence = ()) -> HandshakeResult:
+    """Verify the server's answer to our upgrade request.
+
+    Checks status 101, the Upgrade and Connection tokens, that
+    Sec-WebSocket-Accept matches ``key`` exactly, that a returned subprotocol
+    is one of ``protocols`` we offered, and that the extensions accepted are
+    ones we offered (via ``minisoup.extensions.client_accept``).
+    Raises HandshakeError(status, message) naming the failed check.
+    """
+    if status != HTTPStatus.SWITCHING_PROTOCOLS:
+        raise HandshakeError(status, "Server rejected WebSocket handshake (status %d)" % status)
+    if not _has_token(headers, "Upgrade", UPGRADE_TOKEN):
+        raise HandshakeError(status, "Server ignored WebSocket handshake: Upgrade header missing websocket")
+    if not _has_token(headers, "Connection", CONNECTION_TOKEN):
+        raise HandshakeError(status, "Server ignored WebSocket handshake: Connection header missing Upgrade")
+
+    accept = headers.get_one("Sec-WebSocket-Accept")
+    # Exact comparison: base64 is case-sensitive (libsoup compares ignoring case).
+    if accept is None or accept.strip() != compute_accept(key):
+        raise HandshakeError(status, "Server returned incorrect Sec-WebSocket-Accept key")
+
+    protocol = headers.get_one("Sec-WebSocket-Protocol")
+    if protocol is not None:
+        protocol = protocol.strip()
+        if not protocols or protocol not in protocols:
+            raise HandshakeError(status, "Server requested unsupported protocol %r" % protocol)
+
+    answer = headers.get_list("Sec-WebSocket-Extensions")
+    if answer is not None and not answer.strip():
+        answer = None
+    accepted = []  # type: list
+    if extension_types:
+        try:
+            accepted = _extensions_module().client_accept(answer, list(extension_types))
+        except (ValueError, HandshakeError) as exc:
+            raise HandshakeError(status, "Server returned bad Sec-WebSocket-Extensions: %s" % exc) from None
+    elif answer is not None:
+        raise HandshakeError(status, "Server requested unsupported extension: %s" % answer)
+    return HandshakeResult(protocol, accepted, [])

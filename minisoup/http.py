@@ -1,0 +1,461 @@
+"""HTTP/1.1 as a sans-I/O state machine: request parsing, ``MessageHeaders``, response heads.
+
+Nothing here touches a socket. :class:`RequestParser` takes bytes and gives back
+request heads and bodies; :func:`build_response_head` and :func:`chunk` turn a
+response into bytes. Parsing is strict on purpose (request smuggling): lines must
+end in CRLF, header names must be tokens, obs-fold is refused, and a request with
+both ``Content-Length`` and ``Transfer-Encoding``, several ``Content-Length``
+fields, or a transfer coding other than a final ``chunked`` is refused with 400.
+"""
+
+import enum
+import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Dict, Iterator, List, Optional, Tuple
+
+__all__ = [
+    "Encoding", "HTTPError", "MessageHeaders", "Request", "RequestParser",
+    "build_response_head", "chunk", "reason_phrase", "http_date", "LAST_CHUNK",
+]
+
+CRLF = b"\r\n"
+HEADERS_END = b"\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+MAX_CHUNK_SIZE_DIGITS = 16          # 64-bit sizes; more digits is an attack, not a body
+SUPPORTED_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+# What a field value may hold (RFC 9110 §5.5): visible ASCII, obs-text, SP and HTAB.
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+
+
+class Encoding(enum.Enum):
+    """How a response body is framed on the wire (libsoup's ``SoupEncoding``)."""
+    CONTENT_LENGTH = "content-length"
+    CHUNKED = "chunked"
+    EOF = "eof"
+
+
+class HTTPError(Exception):
+    """A request that cannot be served: ``status`` is the answer, ``message`` the body.
+
+    After one of these the connection is always closed: the parser cannot know
+    where the next request would begin.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase for ``status`` ("Unknown" for unregistered codes)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _check_text(what: str, text: str) -> str:
+    # Header injection: user code must never be able to write CR/LF onto the wire.
+    if not isinstance(text, str):
+        raise TypeError("%s must be str, not %s" % (what, type(text).__name__))
+    if _BAD_TEXT.search(text):
+        raise ValueError("%s contains a control character (CR, LF or NUL): %r" % (what, text))
+    return text
+
+
+class MessageHeaders:
+    """Case-insensitive, multi-valued HTTP headers in arrival order (libsoup's SoupMessageHeaders).
+
+    ``get_one(name)`` gives the last value of a field, ``get_list(name)`` all values
+    joined with ", " (``None`` when absent). Values set by user code are checked:
+    a CR, LF or NUL raises ``ValueError`` (no header injection).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Optional[List[Tuple[str, str]]] = None) -> None:
+        self._items = list(items) if items else []
+
+    def append(self, name: str, value: str) -> None:
+        """Add a field (keeping any existing ones of the same name)."""
+        _check_text("header name", name)
+        if not _TOKEN.match(name.encode("latin-1", "replace")):
+            raise ValueError("header name is not a token: %r" % name)
+        self._items.append((name, _check_text("header value", str(value))))
+
+    def replace(self, name: str, value: str) -> None:
+        """Set a field to a single value, removing the others of that name."""
+        self.remove(name)
+        self.append(name, value)
+
+    def remove(self, name: str) -> None:
+        """Remove every field called ``name`` (case-insensitive)."""
+        lname = name.lower()
+        self._items = [(k, v) for k, v in self._items if k.lower() != lname]
+
+    def clear(self) -> None:
+        """Remove every field."""
+        self._items = []
+
+    def get_one(self, name: str) -> Optional[str]:
+        """The last value of ``name``, or ``None``."""
+        lname = name.lower()
+        for k, v in reversed(self._items):
+            if k.lower() == lname:
+                return v
+        return None
+
+    def get_all(self, name: str) -> List[str]:
+        """Every value of ``name``, in order."""
+        lname = name.lower()
+        return [v for k, v in self._items if k.lower() == lname]
+
+    def get_list(self, name: str) -> Optional[str]:
+        """All values of ``name`` joined with ", " (the comma-list form), or ``None``."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else None
+
+    def header_contains(self, name: str, token: str) -> bool:
+        """True if the comma list of ``name`` holds ``token`` (case-insensitive)."""
+        value = self.get_list(name)
+        if not value:
+            return False
+        token = token.lower()
+        return any(t.strip().lower() == token for t in value.split(","))
+
+    def get_content_length(self) -> Optional[int]:
+        """The Content-Length as an int, or ``None``."""
+        value = self.get_one("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def set_content_length(self, length: int) -> None:
+        """Set Content-Length (and drop Transfer-Encoding)."""
+        self.remove("Transfer-Encoding")
+        self.replace("Content-Length", str(int(length)))
+
+    def get_encoding(self) -> Encoding:
+        """How a body with these headers is framed."""
+        if self.header_contains("Transfer-Encoding", "chunked"):
+            return Encoding.CHUNKED
+        if self.get_one("Content-Length") is not None:
+            return Encoding.CONTENT_LENGTH
+        return Encoding.EOF
+
+    def set_encoding(self, encoding: Encoding) -> None:
+        """Ask for a body framing; ``Encoding.CHUNKED`` streams the response."""
+        if encoding is Encoding.CHUNKED:
+            self.remove("Content-Length")
+            self.replace("Transfer-Encoding", "chunked")
+        else:
+            self.remove("Transfer-Encoding")
+
+    def get_content_type(self) -> Optional[str]:
+        """The media type without parameters, lower-cased, or ``None``."""
+        value = self.get_one("Content-Type")
+        return value.split(";", 1)[0].strip().lower() if value else None
+
+    def items(self) -> List[Tuple[str, str]]:
+        """A copy of the (name, value) pairs in order."""
+        return list(self._items)
+
+    def __iter__(self) -> Iterator[Tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get_one(name) is not None
+
+    def __repr__(self) -> str:
+        return "MessageHeaders(%r)" % (self._items,)
+
+
+class Request:
+    """A parsed request head: ``method``, ``target``, ``version``, ``headers``, ``keep_alive``."""
+
+    __slots__ = ("method", "target", "version", "headers", "keep_alive",
+                 "content_length", "chunked", "expect_continue")
+
+    def __init__(self, method: str, target: str, version: str, headers: MessageHeaders) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        conn = headers.get_list("Connection") or ""
+        tokens = {t.strip().lower() for t in conn.split(",")}
+        if version == "HTTP/1.1":
+            self.keep_alive = "close" not in tokens
+        else:
+            self.keep_alive = "keep-alive" in tokens
+        self.content_length = 0
+        self.chunked = False
+        self.expect_continue = False
+
+
+def _parse_head(block: bytes, max_body_size: int) -> Request:
+    """Parse a header block (without its final blank line) into a :class:`Request`."""
+    lines = block.split(CRLF)
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise HTTPError(400, "Malformed request line")
+    method, target, version = parts
+    if not _TOKEN.match(method):
+        raise HTTPError(400, "Malformed request method")
+    if not _TARGET.match(target):
+        raise HTTPError(400, "Malformed request target")
+    if not _VERSION.match(version):
+        raise HTTPError(400, "Malformed HTTP version")
+    version_s = version.decode("ascii")
+    if version_s not in SUPPORTED_VERSIONS:
+        raise HTTPError(505, "HTTP version not supported")
+    items = []
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise HTTPError(400, "Obsolete line folding in headers")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise HTTPError(400, "Malformed header line")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise HTTPError(400, "Invalid character in a header value")
+        items.append((name.decode("ascii"), value.decode("latin-1")))
+    headers = MessageHeaders(items)
+    req = Request(method.decode("ascii"), target.decode("ascii"), version_s, headers)
+    if version_s == "HTTP/1.1" and headers.get_one("Host") is None:
+        raise HTTPError(400, "Missing Host header")
+    _frame_body(req, max_body_size)
+    return req
+
+
+def _frame_body(req: Request, max_body_size: int) -> None:
+    """Decide how the body is framed (RFC 9112 §6.3), refusing every ambiguous shape."""
+    headers = req.headers
+    te = headers.get_all("Transfer-Encoding")
+    cl = headers.get_all("Content-Length")
+    if te and cl:
+        raise HTTPError(400, "Both Content-Length and Transfer-Encoding")
+    if te:
+        codings = [c.strip().lower() for c in ",".join(te).split(",")]
+        if req.version != "HTTP/1.1" or codings[-1] != "chunked":
+            raise HTTPError(400, "Transfer-Encoding without a final chunked")
+        if len(codings) != 1:
+            raise HTTPError(501, "Transfer coding not implemented")
+        req.chunked = True
+    elif cl:
+        if len(cl) != 1 or not cl[0].isdigit() or not cl[0].isascii() or len(cl[0]) > 18:
+            raise HTTPError(400, "Invalid or repeated Content-Length")
+        req.content_length = int(cl[0])
+        if max_body_size and req.content_length > max_body_size:
+            raise HTTPError(413, "Request body larger than %d bytes" % max_body_size)
+    expect = headers.get_one("Expect")
+    if expect is not None:
+        if expect.lower() != "100-continue":
+            raise HTTPError(417, "Unsupported Expect value")
+        req.expect_continue = req.version == "HTTP/1.1"
+
+
+class RequestParser:
+    """Incremental parser for a stream of HTTP/1.x requests on one connection.
+
+    Call :meth:`feed` with bytes, then :meth:`read_head` until it gives a
+    :class:`Request`, then :meth:`read_body` until it gives the body (``bytes``).
+    The next request is not parsed until the caller calls :meth:`read_head` again,
+    which is how pipelined requests are answered one at a time, in order.
+    Errors raise :class:`HTTPError`; the connection must then be closed.
+    """
+
+    __slots__ = ("_buf", "max_header_size", "max_body_size", "_request", "_body",
+                 "_body_size", "_chunk_left", "_chunk_state")
+
+    def __init__(self, max_header_size: int = 65536, max_body_size: int = 16 * 1024 * 1024) -> None:
+        self._buf = b""
+        self.max_header_size = max_header_size
+        self.max_body_size = max_body_size
+        self._request = None  # type: Optional[Request]
+        self._body = []  # type: List[bytes]
+        self._body_size = 0
+        self._chunk_left = 0
+        self._chunk_state = "size"
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the peer."""
+        self._buf = self._buf + data if self._buf else data
+
+    def take_buffer(self) -> bytes:
+        """Remove and return the unparsed bytes (what follows a WebSocket upgrade)."""
+        data, self._buf = self._buf, b""
+        return data
+
+    @property
+    def has_data(self) -> bool:
+        """True if unparsed bytes are buffered."""
+        return bool(self._buf)
+
+    def read_head(self) -> Optional[Request]:
+        """The next request head, or ``None`` if more bytes are needed."""
+        buf = self._buf
+        # Leading empty lines between requests are tolerated (RFC 9112 §2.2).
+        while buf.startswith(CRLF):
+            buf = buf[2:]
+        self._buf = buf
+        end = buf.find(HEADERS_END)
+        if end < 0:
+            if len(buf) > self.max_header_size:
+                raise HTTPError(431, "Request header block larger than %d bytes" % self.max_header_size)
+            if b"\n\n" in buf or (b"\n" in buf.replace(CRLF, b"")):
+                raise HTTPError(400, "Bare LF line ending (CRLF required)")
+            return None
+        if end + 4 > self.max_header_size:
+            raise HTTPError(431, "Request header block larger than %d bytes" % self.max_header_size)
+        block = buf[:end]
+        bare = block.replace(CRLF, b"")
+        if b"\n" in bare or b"\r" in bare:
+            raise HTTPError(400, "Bare CR or LF in the request head (CRLF required)")
+        self._buf = buf[end + 4:]
+        req = _parse_head(block, self.max_body_size)
+        self._request = req
+        self._body = []
+        self._body_size = 0
+        self._chunk_state = "size"
+        self._chunk_left = req.content_length
+        return req
+
+    def read_body(self) -> Optional[bytes]:
+        """The whole body of the current request, or ``None`` if more bytes are needed."""
+        req = self._request
+        if req is None:
+            raise RuntimeError("read_body() before read_head()")
+        if req.chunked:
+            done = self._read_chunked()
+        else:
+            done = self._read_length()
+        if not done:
+            return None
+        self._request = None
+        body = b"".join(self._body)
+        self._body = []
+        return body
+
+    def _take(self, n: int) -> bytes:
+        data = self._buf[:n]
+        self._buf = self._buf[n:]
+        return data
+
+    def _read_length(self) -> bool:
+        if self._chunk_left and self._buf:
+            piece = self._take(self._chunk_left)
+            self._body.append(piece)
+            self._chunk_left -= len(piece)
+        return self._chunk_left == 0
+
+    def _add_body(self, piece: bytes) -> None:
+        self._body_size += len(piece)
+        if self.max_body_size and self._body_size > self.max_body_size:
+            raise HTTPError(413, "Request body larger than %d bytes" % self.max_body_size)
+        self._body.append(piece)
+
+    def _read_chunked(self) -> bool:
+        while True:
+            state = self._chunk_state
+            if state == "data":
+                if not self._buf:
+                    return False
+                piece = self._take(self._chunk_left)
+                self._add_body(piece)
+                self._chunk_left -= len(piece)
+                if self._chunk_left == 0:
+                    self._chunk_state = "data-end"
+                continue
+            line = self._read_line()
+            if line is None:
+                return False
+            if state == "size":
+                size_text = line.split(b";", 1)[0].strip(b" \t")
+                if (not size_text or len(size_text) > MAX_CHUNK_SIZE_DIGITS
+                        or size_text.strip(b"0123456789abcdefABCDEF")):
+                    raise HTTPError(400, "Invalid chunk size")
+                size = int(size_text, 16)
+                if self.max_body_size and self._body_size + size > self.max_body_size:
+                    raise HTTPError(413, "Request body larger than %d bytes" % self.max_body_size)
+                self._chunk_left = size
+                self._chunk_state = "data" if size else "trailer"
+            elif state == "data-end":
+                if line:
+                    raise HTTPError(400, "Chunk data not followed by CRLF")
+                self._chunk_state = "size"
+            else:  # trailer fields are read and ignored, up to the blank line
+                if not line:
+                    return True
+
+    def _read_line(self) -> Optional[bytes]:
+        buf = self._buf
+        end = buf.find(CRLF)
+        if end < 0:
+            if len(buf) > self.max_header_size:
+                raise HTTPError(431, "Chunk line or trailer too long")
+            if b"\n" in buf:
+                raise HTTPError(400, "Bare LF in chunked body")
+            return None
+        line = buf[:end]
+        if b"\n" in line or b"\r" in line:
+            raise HTTPError(400, "Bare CR or LF in chunked body")
+        self._buf = buf[end + 2:]
+        return line
+
+
+_date_cache = [0, ""]
+
+
+def http_date(now: Optional[float] = None) -> str:
+    """The ``Date`` header value for now, cached per second (the hot path asks often)."""
+    t = int(time.time() if now is None else now)
+    if _date_cache[0] != t:
+        _date_cache[0] = t
+        _date_cache[1] = formatdate(t, usegmt=True)
+    return _date_cache[1]
+
+
+def build_response_head(version: str, status: int, reason: str,
+                        headers: MessageHeaders) -> bytes:
+    """Serialize a status line and header block (ending with the blank line)."""
+    lines = ["%s %d %s" % (version, status, reason)]
+    lines.extend("%s: %s" % item for item in headers._items)
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (empty data gives nothing: use LAST_CHUNK to end)."""
+    if not data:
+        return b""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def split_target(target: str) -> Tuple[str, str, str]:
+    """``(path, query, host)`` of a request target: ``query`` is ``None`` without a ``?``,
+    ``host`` is "" unless the target was in absolute form."""
+    host = ""
+    if target.startswith(("http://", "https://")):
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        host, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    path, sep, query = target.partition("?")
+    path = path.split("#", 1)[0]
+    return path, (query if sep else None), host
+
+
+def parse_query(query: Optional[str]) -> Optional[Dict[str, str]]:
+    """libsoup's ``soup_form_decode``: a dict of the decoded query, or ``None`` without one."""
+    if query is None:
+        return None
+    from urllib.parse import parse_qsl
+    return dict(parse_qsl(query, keep_blank_values=True))

@@ -1,0 +1,471 @@
+"""The event loop: one ``selectors`` loop per process, timers, signals, buffered sockets.
+
+No threads. Everything that happens in a worker is a callback run from
+:meth:`Loop.run`: socket readiness, timers, POSIX signals (delivered through a
+wake-up socket so they interrupt ``select``). :class:`SocketTransport` wraps one
+connected socket with a write buffer and drives a *protocol* object with the
+asyncio-like methods ``data_received(data)``, ``eof_received()``,
+``connection_lost(exc)`` and, optionally, ``write_drained()``.
+"""
+
+import errno
+import heapq
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional
+
+log = logging.getLogger("minisoup")
+
+READ_SIZE = 262144           # one recv(); large so a 1 MiB frame takes few calls
+MAX_IOV = 64                 # buffers handed to one sendmsg()
+SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is logged
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+_monotonic = time.monotonic
+
+
+class Handle:
+    """A scheduled callback; :meth:`cancel` prevents it from running."""
+
+    __slots__ = ("when", "_callback", "_args", "cancelled")
+
+    def __init__(self, when: float, callback: Callable, args: tuple) -> None:
+        self.when = when
+        self._callback = callback
+        self._args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run the callback (no effect once it has run)."""
+        self.cancelled = True
+        self._callback = self._args = None
+
+    def __lt__(self, other: "Handle") -> bool:
+        return self.when < other.when
+
+    def _run(self) -> None:
+        if not self.cancelled:
+            cb, args = self._callback, self._args
+            self.cancel()
+            cb(*args)
+
+
+class Loop:
+    """A single-threaded event loop over ``selectors.DefaultSelector``."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._ready = deque()  # type: Deque[Handle]
+        self._timers = []  # type: List[Handle]
+        self._stopping = False
+        self._signal_handlers = {}  # type: dict
+        self._pending_signals = []  # type: List[int]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, _EVENT_READ, self._on_wakeup)
+        self.slow_callback_s = SLOW_CALLBACK_S
+
+    time = staticmethod(_monotonic)
+
+    # -- scheduling ---------------------------------------------------------
+    def call_soon(self, callback: Callable, *args: Any) -> Handle:
+        """Run ``callback(*args)`` on the next loop iteration."""
+        handle = Handle(0.0, callback, args)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable, *args: Any) -> Handle:
+        """Run ``callback(*args)`` after ``delay`` seconds; returns a cancellable handle."""
+        handle = Handle(_monotonic() + max(0.0, delay), callback, args)
+        heapq.heappush(self._timers, handle)
+        return handle
+
+    # -- file descriptors ---------------------------------------------------
+    def add_reader(self, sock: Any, callback: Callable[[int], None]) -> None:
+        """Call ``callback(events)`` whenever ``sock`` is readable."""
+        self._selector.register(sock, _EVENT_READ, callback)
+
+    def add_exclusive_reader(self, sock: Any, callback: Callable[[int], None]) -> None:
+        """Like :meth:`add_reader`, but with ``EPOLLEXCLUSIVE`` where Linux offers it.
+
+        Used for a listening socket shared by pre-forked workers: one new
+        connection wakes one idle worker instead of all of them (the thundering
+        herd). Elsewhere it is a plain reader.
+        """
+        self._selector.register(sock, _EVENT_READ, callback)
+        poller = getattr(self._selector, "_selector", None)
+        exclusive = getattr(__import__("select"), "EPOLLEXCLUSIVE", 0)
+        if exclusive and isinstance(self._selector, selectors.EpollSelector) and poller:
+            import select
+            poller.unregister(sock.fileno())
+            poller.register(sock.fileno(), select.EPOLLIN | exclusive)
+
+    def remove_reader(self, sock: Any) -> None:
+        """Stop watching ``sock`` (no error if it was not watched)."""
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _modify(self, sock: Any, events: int, callback: Callable) -> None:
+        self._selector.modify(sock, events, callback)
+
+    def _register(self, sock: Any, events: int, callback: Callable) -> None:
+        self._selector.register(sock, events, callback)
+
+    # -- signals ------------------------------------------------------------
+    def add_signal_handler(self, signum: int, callback: Callable[[int], None]) -> None:
+        """Run ``callback(signum)`` from the loop when the process receives ``signum``."""
+        self._signal_handlers[signum] = callback
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signum, self._on_signal)
+
+    def remove_signal_handlers(self) -> None:
+        """Restore the default disposition of every signal this loop handled."""
+        for signum in list(self._signal_handlers):
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        self._signal_handlers.clear()
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Runs between bytecodes: only record; the wake-up fd makes select() return.
+        self._pending_signals.append(signum)
+
+    def _on_wakeup(self, events: int) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._dispatch_signals()
+
+    def _dispatch_signals(self) -> None:
+        while self._pending_signals:
+            signum = self._pending_signals.pop(0)
+            callback = self._signal_handlers.get(signum)
+            if callback is not None:
+                self._run_callback(callback, (signum,))
+
+    def wakeup(self) -> None:
+        """Make a blocked :meth:`run` iteration return (safe from a signal handler)."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    # -- running ------------------------------------------------------------
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current iteration."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Run until :meth:`stop` is called."""
+        self._stopping = False
+        select = self._selector.select
+        ready = self._ready
+        timers = self._timers
+        run_callback = self._run_callback
+        while not self._stopping:
+            if ready:
+                timeout = 0.0  # type: Optional[float]
+            elif timers:
+                timeout = max(0.0, timers[0].when - _monotonic())
+            else:
+                timeout = None
+            try:
+                events = select(timeout)
+            except InterruptedError:
+                events = []
+            for key, mask in events:
+                run_callback(key.data, (mask,))
+            if self._pending_signals:
+                self._dispatch_signals()
+            if timers:
+                now = _monotonic()
+                while timers and timers[0].when <= now:
+                    handle = heapq.heappop(timers)
+                    if not handle.cancelled:
+                        ready.append(handle)
+                if len(timers) > 256:
+                    self._prune_timers()
+            for _ in range(len(ready)):
+                handle = ready.popleft()
+                if not handle.cancelled:
+                    run_callback(handle._run, ())
+
+    def _prune_timers(self) -> None:
+        # Cancelled keep-alive and timeout timers would otherwise pile up in the heap.
+        live = [h for h in self._timers if not h.cancelled]
+        if len(live) < len(self._timers) // 2:
+            heapq.heapify(live)
+            self._timers[:] = live
+
+    def _run_callback(self, callback: Callable, args: tuple) -> None:
+        start = _monotonic()
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("unhandled exception in loop callback %r", callback)
+        elapsed = _monotonic() - start
+        if elapsed > self.slow_callback_s:
+            log.warning("callback %r blocked the loop for %.3f s (other connections of "
+                        "this worker waited)", getattr(callback, "__qualname__", callback), elapsed)
+
+    def close(self) -> None:
+        """Release the selector and wake-up sockets."""
+        self.remove_signal_handlers()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def get_map(self) -> Any:
+        """The selector's key map (for introspection and tests)."""
+        return self._selector.get_map()
+
+
+class SocketTransport:
+    """A non-blocking connected socket with a write buffer, driving one protocol object.
+
+    ``write`` never blocks: what the kernel does not take at once is queued and
+    sent when the socket becomes writable. ``close`` flushes first; ``abort`` does
+    not. ``shutdown_write`` sends FIN after the buffer drains and keeps reading
+    (the lingering close of a failed WebSocket connection).
+    """
+
+    __slots__ = ("_loop", "_sock", "_protocol", "_wbuf", "_wsize", "_events",
+                 "_closing", "_closed", "_shut_wr", "_reading", "_on_events_cb", "__weakref__")
+
+    def __init__(self, loop: Loop, sock: socket.socket, protocol: Any) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._wbuf = None  # type: Optional[Deque]   # created on the first short write
+        self._wsize = 0
+        self._closing = False
+        self._closed = False
+        self._shut_wr = False
+        self._reading = True
+        self._events = _EVENT_READ
+        self._on_events_cb = self._on_events
+        loop._register(sock, _EVENT_READ, self._on_events_cb)
+
+    # -- queries --------------------------------------------------------------
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued and not yet taken by the kernel."""
+        return self._wsize
+
+    def get_extra_info(self, name: str) -> Any:
+        """``"peername"``, ``"sockname"`` or ``"socket"``."""
+        try:
+            if name == "peername":
+                return self._sock.getpeername()
+            if name == "sockname":
+                return self._sock.getsockname()
+        except OSError:
+            return None
+        if name == "socket":
+            return self._sock
+        return None
+
+    def is_closing(self) -> bool:
+        """True once ``close``/``abort`` was called or the connection was lost."""
+        return self._closing or self._closed
+
+    def set_protocol(self, protocol: Any) -> None:
+        """Hand the byte stream to another protocol (the WebSocket upgrade)."""
+        self._protocol = protocol
+
+    # -- reading ---------------------------------------------------------------
+    def pause_reading(self) -> None:
+        """Stop reading (back-pressure); bytes wait in the kernel."""
+        if self._reading and not self._closed:
+            self._reading = False
+            self._set_events(self._events & ~_EVENT_READ)
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`pause_reading`."""
+        if not self._reading and not self._closed:
+            self._reading = True
+            self._set_events(self._events | _EVENT_READ)
+
+    def _set_events(self, events: int) -> None:
+        if events == self._events:
+            return
+        if self._events and events:
+            self._loop._modify(self._sock, events, self._on_events_cb)
+        elif events:
+            self._loop._register(self._sock, events, self._on_events_cb)
+        else:
+            self._loop.remove_reader(self._sock)
+        self._events = events
+
+    def _on_events(self, mask: int) -> None:
+        if mask & _EVENT_WRITE:
+            self._on_write()
+        if mask & _EVENT_READ and not self._closed:
+            self._on_read()
+
+    def _on_read(self) -> None:
+        try:
+            data = self._sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if data:
+            self._protocol.data_received(data)
+        else:
+            self.pause_reading()
+            self._protocol.eof_received()
+
+    # -- writing ----------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; sent as soon as the kernel takes it. Ignored once closing."""
+        if self._closing or self._closed or self._shut_wr or not data:
+            return
+        if self._wbuf:
+            self._wbuf.append(data)
+            self._wsize += len(data)
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if sent < len(data):
+            self._queue(memoryview(data)[sent:])
+
+    def writelines(self, parts: List[bytes]) -> None:
+        """Queue several buffers, sent with one ``sendmsg`` (no joining copy)."""
+        if self._closing or self._closed or self._shut_wr:
+            return
+        if self._wbuf:
+            for part in parts:
+                if part:
+                    self._wbuf.append(part)
+                    self._wsize += len(part)
+            return
+        try:
+            sent = self._sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        for part in parts:
+            n = len(part)
+            if sent >= n:
+                sent -= n
+                continue
+            self._queue(memoryview(part)[sent:] if sent else part)
+            sent = 0
+
+    def _queue(self, data: Any) -> None:
+        if self._wbuf is None:
+            self._wbuf = deque()
+        self._wbuf.append(data)
+        self._wsize += len(data)
+        if not self._events & _EVENT_WRITE:
+            self._set_events(self._events | _EVENT_WRITE)
+
+    def _on_write(self) -> None:
+        wbuf = self._wbuf
+        if not wbuf:
+            self._set_events(self._events & ~_EVENT_WRITE)
+            return
+        parts = [wbuf[i] for i in range(min(len(wbuf), MAX_IOV))]
+        try:
+            sent = self._sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        self._wsize -= sent
+        while sent:
+            head = wbuf[0]
+            n = len(head)
+            if sent >= n:
+                wbuf.popleft()
+                sent -= n
+            else:
+                wbuf[0] = memoryview(head)[sent:]
+                sent = 0
+        if not wbuf:
+            self._wbuf = None
+            self._set_events(self._events & ~_EVENT_WRITE)
+            self._drained()
+
+    def _drained(self) -> None:
+        if self._closing:
+            self._finish(None)
+            return
+        if self._shut_wr:
+            self._do_shutdown()
+        drained = getattr(self._protocol, "write_drained", None)
+        if drained is not None:
+            drained()
+
+    # -- closing ------------------------------------------------------------------
+    def close(self) -> None:
+        """Close after the write buffer is flushed."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self.pause_reading()
+        if not self._wbuf:
+            self._finish(None)
+
+    def abort(self) -> None:
+        """Close now, dropping anything still buffered."""
+        if not self._closed:
+            self._finish(None)
+
+    def shutdown_write(self) -> None:
+        """Send FIN once the buffer is flushed; reading goes on until the peer closes."""
+        if self._shut_wr or self._closed:
+            return
+        self._shut_wr = True
+        if not self._wbuf:
+            self._do_shutdown()
+
+    def _do_shutdown(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _fatal(self, exc: Exception) -> None:
+        if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.ENOTCONN):
+            log.debug("connection error: %s", exc)
+        self._finish(exc)
+
+    def _finish(self, exc: Optional[Exception]) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wbuf = None
+        self._wsize = 0
+        if self._events:
+            self._loop.remove_reader(self._sock)
+            self._events = 0
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        protocol, self._protocol = self._protocol, None
+        protocol.connection_lost(exc)

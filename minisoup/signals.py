@@ -1,0 +1,58 @@
+"""GObject-style signals: ``connect(name, callback, *user_data)`` → id, ``disconnect(id)``."""
+
+import itertools
+import logging
+from typing import Any, Callable, Dict, List, Tuple
+
+log = logging.getLogger("minisoup")
+_ids = itertools.count(1)
+
+
+class SignalEmitter:
+    """Mixin giving an object libsoup's signal API.
+
+    Subclasses list their signal names in ``SIGNALS``. A callback receives the
+    emitting object first, then the signal's arguments, then its ``user_data``.
+    An exception in a callback is logged and does not stop the other callbacks.
+    """
+
+    SIGNALS = ()  # type: Tuple[str, ...]
+    __slots__ = ()
+
+    def _handlers_map(self) -> Dict[str, List[Tuple[int, Callable, tuple]]]:
+        raise NotImplementedError
+
+    def connect(self, name: str, callback: Callable[..., Any], *user_data: Any) -> int:
+        """Call ``callback(self, *args, *user_data)`` on each emission of ``name``; returns an id."""
+        if name not in self.SIGNALS:
+            raise ValueError("%s has no signal %r (signals: %s)"
+                             % (type(self).__name__, name, ", ".join(self.SIGNALS)))
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        handler_id = next(_ids)
+        self._handlers_map().setdefault(name, []).append((handler_id, callback, user_data))
+        return handler_id
+
+    def disconnect_signal(self, handler_id: int) -> None:
+        """Remove the callback with this id (``KeyError`` if there is none)."""
+        for handlers in self._handlers_map().values():
+            for i, entry in enumerate(handlers):
+                if entry[0] == handler_id:
+                    del handlers[i]
+                    return
+        raise KeyError("no signal handler with id %r" % handler_id)
+
+    def emit(self, name: str, *args: Any) -> None:
+        """Call every callback connected to ``name``."""
+        handlers = self._handlers_map().get(name)
+        if not handlers:
+            return
+        for _id, callback, user_data in list(handlers):
+            try:
+                callback(self, *args, *user_data)
+            except Exception as exc:
+                log.exception("exception in %r signal handler %r", name, callback)
+                self._signal_callback_failed(name, exc)
+
+    def _signal_callback_failed(self, name: str, exc: Exception) -> None:
+        """Hook: what the object does after a callback raised (default: nothing more)."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: a minisoup Server running in a thread on 127.0.0.1, port 0."""
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import minisoup  # noqa: E402
+
+
+@contextlib.contextmanager
+def running(server, timeout=10.0):
+    """Run ``server`` (already listening, or listen_local(0) is called) in a thread.
+
+    Yields the port. Always stops the server, even when the test fails.
+    """
+    if not server.get_listeners():
+        server.listen_local(0)
+    port = server.get_listeners()[0].getsockname()[1]
+    thread = threading.Thread(target=server._serve, name="minisoup-test-server", daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        if server._loop is not None:
+            server._loop.call_soon(server.stop, False)
+            server._loop.wakeup()
+        thread.join(timeout)
+        for sock in server.get_listeners():
+            sock.close()
+        assert not thread.is_alive(), "server thread did not stop"
+
+
+@pytest.fixture
+def serve():
+    """``with serve(server) as port:`` — see :func:`running`."""
+    return running
+
+
+def raw_connect(port, timeout=5.0):
+    """A blocking TCP connection to the test server."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def recv_until_closed(sock, limit=1 << 20, timeout=5.0):
+    """Read until EOF (or ``limit`` bytes); returns what was read."""
+    sock.settimeout(timeout)
+    chunks = []
+    total = 0
+    deadline = time.monotonic() + timeout
+    while total < limit and time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)

@@ -1,0 +1,382 @@
+"""Tests for minisoup.frames: RFC 6455 section 5 framing, masking, close
+payloads and incremental UTF-8 validation."""
+
+import random
+import struct
+
+import pytest
+
+from minisoup.frames import (
+    MAX_CONTROL_PAYLOAD, RSV1, RSV2, RSV3, CloseCode, FrameParser, Opcode,
+    ProtocolError, Utf8Validator, apply_mask, apply_mask_int,
+    apply_mask_translate, build_close_payload, build_frame, frame_header,
+    is_valid_close_code, parse_close_payload)
+
+KEY = b"\x01\x80\xfe\x7f"
+LENGTHS = (0, 1, 125, 126, 65535, 65536, 70000)
+
+
+def random_bytes(rng, n):
+    """n seeded pseudo-random bytes, fast and Python 3.8 compatible."""
+    return rng.getrandbits(8 * n).to_bytes(n, "little") if n else b""
+
+
+def naive_mask(data, key):
+    """The RFC's per-byte definition, as the reference."""
+    return bytes(b ^ key[i % 4] for i, b in enumerate(bytes(data)))
+
+
+def parse_all(parser, data):
+    parser.feed(data)
+    frames = []
+    frame = parser.next_frame()
+    while frame is not None:
+        frames.append(frame)
+        frame = parser.next_frame()
+    return frames
+
+
+def raw_frame(b0, b1, extra=b""):
+    """Hand-built frame bytes for malformed cases."""
+    return bytes([b0, b1]) + extra
+
+
+def assert_protocol_error(parser, data, code):
+    parser.feed(data)
+    with pytest.raises(ProtocolError) as info:
+        parser.next_frame()
+    assert info.value.close_code == code
+    return info.value
+
+
+# --- masking -------------------------------------------------------------
+
+@pytest.mark.parametrize("func", [apply_mask, apply_mask_int, apply_mask_translate])
+def test_mask_matches_reference(func):
+    rng = random.Random(6455)
+    lengths = [0, 1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 1023, 2047, 2048, 2049, 4097]
+    lengths += [rng.randrange(0, 10000) for _ in range(30)]
+    for n in lengths:
+        data = random_bytes(rng, n)
+        key = random_bytes(rng, 4)
+        expected = naive_mask(data, key)
+        for form in (data, bytearray(data), memoryview(data)):
+            result = func(form, key)
+            assert type(result) is bytes
+            assert result == expected
+        # memoryview over a slice of a larger buffer (non-zero offset)
+        padded = b"xx" + data + b"yy"
+        assert func(memoryview(padded)[2:2 + n], key) == expected
+
+
+def test_mask_is_involution():
+    data = bytes(range(256)) * 40
+    assert apply_mask(apply_mask(data, KEY), KEY) == data
+
+
+# --- building ------------------------------------------------------------
+
+@pytest.mark.parametrize("length,header_size", [(0, 2), (125, 2), (126, 4), (65535, 4),
+                                                (65536, 10), (70000, 10)])
+def test_header_minimal_length(length, header_size):
+    assert len(frame_header(Opcode.BINARY, length)) == header_size
+    assert len(frame_header(Opcode.BINARY, length, mask_key=KEY)) == header_size + 4
+
+
+def test_header_bits():
+    header = frame_header(Opcode.TEXT, 5, fin=False, rsv=RSV1 | RSV3, mask_key=KEY)
+    assert header[0] == 0x01 | 0x40 | 0x10
+    assert header[1] == 0x80 | 5
+    assert header[2:] == KEY
+
+
+@pytest.mark.parametrize("bad", [-1, 1 << 63])
+def test_header_rejects_bad_length(bad):
+    with pytest.raises(ValueError):
+        frame_header(Opcode.BINARY, bad)
+
+
+# --- round trips -----------------------------------------------------------
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("masked", [True, False])
+def test_round_trip(length, masked):
+    payload = random_bytes(random.Random(length), length)
+    key = KEY if masked else None
+    frame = build_frame(Opcode.BINARY, payload, mask_key=key)
+    if masked and length:
+        assert payload not in frame
+    frames = parse_all(FrameParser(require_mask=masked), frame)
+    assert frames == [(Opcode.BINARY, True, 0, payload)]
+
+
+def test_round_trip_fields():
+    frames = [
+        build_frame(Opcode.TEXT, b"he", fin=False, mask_key=KEY),
+        build_frame(Opcode.PING, b"p", mask_key=KEY),
+        build_frame(Opcode.CONTINUATION, b"llo", mask_key=KEY),
+        build_frame(Opcode.CLOSE, build_close_payload(1000, "bye"), mask_key=KEY),
+    ]
+    parser = FrameParser(require_mask=True)
+    assert parse_all(parser, b"".join(frames)) == [
+        (Opcode.TEXT, False, 0, b"he"),
+        (Opcode.PING, True, 0, b"p"),
+        (Opcode.CONTINUATION, True, 0, b"llo"),
+        (Opcode.CLOSE, True, 0, b"\x03\xe8bye"),
+    ]
+
+
+def test_allowed_rsv_passes_through():
+    parser = FrameParser(require_mask=True)
+    parser.allowed_rsv = RSV1
+    frame = build_frame(Opcode.TEXT, b"x", rsv=RSV1, mask_key=KEY)
+    assert parse_all(parser, frame) == [(Opcode.TEXT, True, RSV1, b"x")]
+
+
+def test_split_feeds_give_same_frames():
+    rng = random.Random(42)
+    payloads = [b"", b"a", bytes(125), bytes(126), bytes(300), bytes(70000), b"z" * 3000]
+    stream = b"".join(build_frame(Opcode.BINARY, p, mask_key=KEY) for p in payloads)
+    expected = [(Opcode.BINARY, True, 0, p) for p in payloads]
+
+    assert parse_all(FrameParser(True), stream) == expected
+
+    parser = FrameParser(True)
+    got = []
+    small = stream[:2000]  # byte by byte on a prefix holding several frames
+    for i in range(len(small)):
+        got += parse_all(parser, small[i:i + 1])
+    got += parse_all(parser, stream[2000:])
+    assert got == expected
+
+    for _ in range(20):
+        parser = FrameParser(True)
+        got = []
+        pos = 0
+        while pos < len(stream):
+            step = rng.choice((1, 2, 3, 7, 100, 4096, 20000))
+            got += parse_all(parser, memoryview(stream)[pos:pos + step])
+            pos += step
+        assert got == expected
+        assert parser.buffered() == 0
+
+
+def test_incomplete_frame_returns_none():
+    frame = build_frame(Opcode.BINARY, b"hello", mask_key=KEY)
+    parser = FrameParser(True)
+    parser.feed(frame[:-1])
+    assert parser.next_frame() is None
+    assert parser.next_frame() is None
+    parser.feed(frame[-1:])
+    assert parser.next_frame() == (Opcode.BINARY, True, 0, b"hello")
+    assert parser.next_frame() is None
+
+
+@pytest.mark.parametrize("length_bytes,payload_len", [
+    (bytes([126]) + struct.pack("!H", 5), 5),          # 16-bit for a 7-bit length
+    (bytes([127]) + struct.pack("!Q", 5), 5),          # 64-bit for a 7-bit length
+    (bytes([127]) + struct.pack("!Q", 300), 300),      # 64-bit for a 16-bit length
+])
+def test_non_minimal_length_accepted(length_bytes, payload_len):
+    payload = b"q" * payload_len
+    data = bytes([0x82]) + length_bytes + payload
+    assert parse_all(FrameParser(require_mask=False), data) == [(Opcode.BINARY, True, 0, payload)]
+
+
+# --- protocol errors ------------------------------------------------------
+
+@pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 11, 12, 13, 14, 15])
+def test_unknown_opcode(opcode):
+    assert_protocol_error(FrameParser(False), raw_frame(0x80 | opcode, 0), 1002)
+
+
+@pytest.mark.parametrize("opcode", [Opcode.CLOSE, Opcode.PING, Opcode.PONG])
+def test_fragmented_control_frame(opcode):
+    assert_protocol_error(FrameParser(False), raw_frame(opcode, 0), 1002)
+
+
+@pytest.mark.parametrize("opcode", [Opcode.CLOSE, Opcode.PING, Opcode.PONG])
+def test_control_frame_too_long(opcode):
+    # Only the 2 header bytes (126 announces an extended length): raised anyway.
+    assert_protocol_error(FrameParser(False), raw_frame(0x80 | opcode, 126), 1002)
+    ok = build_frame(opcode, b"x" * MAX_CONTROL_PAYLOAD)
+    assert parse_all(FrameParser(False), ok)[0][3] == b"x" * MAX_CONTROL_PAYLOAD
+
+
+@pytest.mark.parametrize("rsv", [RSV1, RSV2, RSV3, RSV1 | RSV2 | RSV3])
+def test_rsv_without_extension(rsv):
+    assert_protocol_error(FrameParser(False), raw_frame(0x80 | rsv << 4 | 1, 0), 1002)
+
+
+def test_rsv_not_allowed_by_extension():
+    parser = FrameParser(False)
+    parser.allowed_rsv = RSV1
+    assert_protocol_error(parser, raw_frame(0x80 | RSV2 << 4 | 1, 0), 1002)
+
+
+def test_rsv_on_control_frame():
+    parser = FrameParser(False)
+    parser.allowed_rsv = RSV1
+    assert_protocol_error(parser, raw_frame(0x80 | RSV1 << 4 | Opcode.PING, 0), 1002)
+
+
+def test_64bit_length_high_bit():
+    header = raw_frame(0x82, 127, struct.pack("!Q", 1 << 63))
+    assert_protocol_error(FrameParser(False), header, 1002)
+
+
+def test_unmasked_client_frame():
+    err = assert_protocol_error(FrameParser(require_mask=True),
+                                build_frame(Opcode.TEXT, b"hi"), 1002)
+    assert "mask" in str(err)
+
+
+def test_masked_server_frame():
+    assert_protocol_error(FrameParser(require_mask=False),
+                          build_frame(Opcode.TEXT, b"hi", mask_key=KEY), 1002)
+
+
+@pytest.mark.parametrize("length", [126, 65536, 1 << 40])
+def test_max_payload_size_from_header_alone(length):
+    parser = FrameParser(require_mask=True, max_payload_size=125)
+    err = assert_protocol_error(parser, frame_header(Opcode.BINARY, length, mask_key=KEY),
+                                CloseCode.TOO_BIG)
+    assert err.close_code == 1009
+
+
+def test_max_payload_size_is_mutable_and_inclusive():
+    parser = FrameParser(require_mask=False)
+    parser.max_payload_size = 10
+    assert parse_all(parser, build_frame(Opcode.BINARY, b"x" * 10))[0][3] == b"x" * 10
+    assert_protocol_error(parser, frame_header(Opcode.BINARY, 11), 1009)
+
+
+def test_error_raised_before_payload():
+    # A header announcing a huge masked binary frame without its mask bit:
+    # the parser must not wait for the payload to complain.
+    assert_protocol_error(FrameParser(True), frame_header(Opcode.BINARY, 1 << 20), 1002)
+
+
+def test_protocol_error_str():
+    err = ProtocolError(1002, "bad thing")
+    assert str(err) == "bad thing" and err.reason == "bad thing" and err.close_code == 1002
+
+
+# --- close payloads --------------------------------------------------------
+
+VALID_CODES = list(range(1000, 1004)) + list(range(1007, 1015)) + [3000, 3999, 4000, 4999]
+INVALID_CODES = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
+
+
+@pytest.mark.parametrize("code", VALID_CODES)
+def test_valid_close_codes(code):
+    assert is_valid_close_code(code)
+    assert parse_close_payload(struct.pack("!H", code) + b"ok") == (code, "ok")
+
+
+@pytest.mark.parametrize("code", INVALID_CODES)
+def test_invalid_close_codes(code):
+    assert not is_valid_close_code(code)
+    with pytest.raises(ProtocolError) as info:
+        parse_close_payload(struct.pack("!H", code))
+    assert info.value.close_code == 1002
+
+
+def test_close_payload_empty_and_short():
+    assert parse_close_payload(b"") == (CloseCode.NO_STATUS, "")
+    with pytest.raises(ProtocolError) as info:
+        parse_close_payload(b"\x03")
+    assert info.value.close_code == 1002
+
+
+def test_close_reason_bad_utf8():
+    with pytest.raises(ProtocolError) as info:
+        parse_close_payload(b"\x03\xe8\xff\xfe")
+    assert info.value.close_code == 1007
+
+
+def test_close_payload_named_code():
+    code, reason = parse_close_payload(build_close_payload(CloseCode.GOING_AWAY, "h\u00e9"))
+    assert code is CloseCode.GOING_AWAY and reason == "h\u00e9"
+
+
+def test_build_close_payload_no_status():
+    assert build_close_payload(1005) == b""
+    assert build_close_payload(0, "ignored") == b""
+    assert build_close_payload(1000) == b"\x03\xe8"
+
+
+@pytest.mark.parametrize("char", ["a", "\u00e9", "\u20ac", "\U0001f600"])
+def test_build_close_payload_truncates_on_char_boundary(char):
+    payload = build_close_payload(1000, char * 200)
+    assert len(payload) <= MAX_CONTROL_PAYLOAD
+    assert len(payload) > MAX_CONTROL_PAYLOAD - len(char.encode("utf-8"))
+    code, reason = parse_close_payload(payload)
+    assert code == 1000 and set(reason) == {char}
+
+
+def test_close_frame_fits_control_limit():
+    frame = build_frame(Opcode.CLOSE, build_close_payload(4000, "x" * 500), mask_key=KEY)
+    parsed = parse_all(FrameParser(True), frame)
+    assert parse_close_payload(parsed[0][3]) == (4000, "x" * 123)
+
+
+# --- UTF-8 ----------------------------------------------------------------
+
+def test_utf8_fragments_split_inside_characters():
+    text = "h\u00e9llo \u20ac \U0001f600 world"
+    data = text.encode("utf-8")
+    for cut in range(len(data) + 1):
+        validator = Utf8Validator()
+        validator.feed(data[:cut], False)
+        validator.feed(data[cut:], True)
+        assert validator.result() == text
+
+
+def test_utf8_result_resets():
+    validator = Utf8Validator()
+    validator.feed(b"one", True)
+    assert validator.result() == "one"
+    validator.feed(b"two", True)
+    assert validator.result() == "two"
+
+
+def test_utf8_bad_byte_fails_on_first_fragment():
+    validator = Utf8Validator()
+    with pytest.raises(ProtocolError) as info:
+        validator.feed(b"valid \xff then more", False)
+    assert info.value.close_code == 1007
+
+
+@pytest.mark.parametrize("bad", [
+    b"\xed\xa0\x80",       # UTF-16 surrogate D800
+    b"\xed\xbf\xbf",       # surrogate DFFF
+    b"\xc0\x80",           # overlong NUL
+    b"\xe0\x80\xaf",       # overlong "/"
+    b"\xf4\x90\x80\x80",   # U+110000
+    b"\xf5\x80\x80\x80",   # beyond the 4-byte range
+    b"\x80",               # lone continuation
+])
+def test_utf8_invalid_sequences_fail_fast(bad):
+    # The full sequence, then only the prefix that already proves it invalid:
+    # both must fail without waiting for the final fragment.
+    for prefix in (bad, bad[:2] if len(bad) > 2 else bad):
+        validator = Utf8Validator()
+        with pytest.raises(ProtocolError) as info:
+            validator.feed(b"ok " + prefix, False)
+        assert info.value.close_code == 1007
+
+
+def test_utf8_truncated_only_fails_when_final():
+    validator = Utf8Validator()
+    validator.feed(b"abc\xe2\x82", False)  # first 2 bytes of the euro sign
+    with pytest.raises(ProtocolError) as info:
+        validator.feed(b"", True)
+    assert info.value.close_code == 1007
+
+
+def test_utf8_valid_edges():
+    text = "\u0000\u007f\u0080\u07ff\u0800\ud7ff\ue000\uffff\U00010000\U0010ffff"
+    validator = Utf8Validator()
+    validator.feed(text.encode("utf-8"), True)
+    assert validator.result() == text
