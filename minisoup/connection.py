@@ -258,8 +258,7 @@ class HTTPConnection:
         body = msg._response_body
         version = self._response_head(msg, status)
         no_body = status < 200 or status in NO_BODY_STATUSES
-        if msg._was_paused and not body.completed and not no_body:
-            # Unpaused with the body still open: stream it as the handler appends.
+        if not no_body and not body.completed and _wants_streaming(headers, len(body)):
             self._start_streaming(msg, version)
             return
         data = b"" if no_body else body.flatten()
@@ -278,9 +277,10 @@ class HTTPConnection:
             encoding = Encoding.CONTENT_LENGTH
         elif version == "HTTP/1.1":
             encoding = Encoding.CHUNKED
-            headers.set_encoding(Encoding.CHUNKED)
         else:
+            # An HTTP/1.0 client cannot read chunks: the end of the body is the close.
             encoding = Encoding.EOF
+            headers.remove("Transfer-Encoding")
             self.keep_alive = False
             headers.replace("Connection", "close")
         head = build_response_head(version, msg._status, msg.get_reason_phrase(), headers)
@@ -326,6 +326,16 @@ class HTTPConnection:
         self.transport.resume_reading()
         if self.parser.has_data and not self._processing:
             self._process()
+
+
+def _wants_streaming(headers: Any, body_length: int) -> bool:
+    # libsoup's rule: the body is streamed when the handler asked for chunked encoding, or
+    # set a Content-Length that the body has not reached yet; otherwise the response goes
+    # out whole, with the body as it is.
+    if headers.get_encoding() is Encoding.CHUNKED:
+        return True
+    length = headers.get_content_length()
+    return length is not None and length > body_length
 
 
 def _empty_headers() -> Any:

@@ -11,9 +11,12 @@ __all__ = ["ServerMessage", "ResponseBody"]
 class ResponseBody:
     """The response body (libsoup's SoupMessageBody): a list of chunks.
 
-    ``append`` adds data; ``complete`` marks the end. While the message's
-    response is being streamed (it was unpaused before the body was complete),
-    each ``append`` is written at once as a chunk and ``complete`` ends it.
+    ``append`` adds data; ``complete`` marks the end. As in libsoup, a response is
+    *streamed* when the handler asked for it — ``get_response_headers().set_encoding(
+    Encoding.CHUNKED)``, or a Content-Length larger than the body so far — and the body
+    is not complete when the response starts: what was appended goes out at once, each
+    later ``append`` follows (as a chunk, unless a Content-Length was set), and
+    ``complete()`` ends it. Otherwise the body is sent whole, as it is.
     """
 
     __slots__ = ("_chunks", "_length", "completed", "_stream")
@@ -86,7 +89,7 @@ class ServerMessage:
 
     __slots__ = ("_method", "_uri", "_version", "_request_headers", "_request_body",
                  "_remote", "_local", "_status", "_reason", "_response_headers",
-                 "_response_body", "_paused", "_was_paused", "_conn", "_started", "__weakref__")
+                 "_response_body", "_paused", "_conn", "_started", "__weakref__")
 
     def __init__(self, conn: Any, method: str, uri: SplitResult, version: str,
                  headers: MessageHeaders, remote: Any, local: Any) -> None:
@@ -103,7 +106,6 @@ class ServerMessage:
         self._response_headers = MessageHeaders()
         self._response_body = ResponseBody()
         self._paused = False
-        self._was_paused = False
         self._started = 0.0
 
     # -- the request ------------------------------------------------------------
@@ -187,16 +189,8 @@ class ServerMessage:
 
     # -- pausing --------------------------------------------------------------------
     def pause(self) -> None:
-        """Do not send the response when the handler returns; wait for :meth:`unpause`.
-
-        A message that was paused is answered at :meth:`unpause` with its body as it is
-        then if the body is complete (``set_response()`` or ``get_response_body().complete()``);
-        otherwise the response is *streamed*: what was appended is sent at once (chunked
-        unless a Content-Length was set) and each later ``append`` follows, until
-        ``complete()``.
-        """
+        """Do not send the response when the handler returns; wait for :meth:`unpause`."""
         self._paused = True
-        self._was_paused = True
 
     def unpause(self) -> None:
         """Send the response (or resume processing) on the next loop iteration."""

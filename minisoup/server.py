@@ -301,6 +301,7 @@ class Server(SignalEmitter):
         for ws in list(self._websockets):
             ws._server_going_away()  # close frames are written at once when the socket takes them
         if not graceful:
+            self._stop_deadline = float("inf")  # the loop stops now; no timeout warning
             for conn in list(self._http) + list(self._websockets):
                 conn.transport.abort()
             self._loop.stop()

@@ -1,0 +1,360 @@
+"""The HTTP server through the public API over real sockets (SPEC sections 1, 1b, 4)."""
+
+import http.client
+import logging
+import socket
+import time
+
+import pytest
+
+import minisoup
+from conftest import raw_connect, recv_until_closed, running
+
+
+def text_handler(body="ok", status=200):
+    def handler(server, msg, path, query, user_data):
+        msg.set_response("text/plain", body)
+        msg.set_status(status)
+    return handler
+
+
+def get(port, path, method="GET", body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), resp
+    finally:
+        conn.close()
+
+
+def test_handler_gets_path_query_and_user_data():
+    seen = []
+
+    def handler(server, msg, path, query, user_data):
+        seen.append((path, query, user_data, msg.get_method(), msg.get_uri().path,
+                     msg.get_http_version(), msg.get_remote_host(), msg.get_request_body()))
+        msg.set_response("text/plain", "hi")
+        msg.set_status(200)
+
+    server = minisoup.Server()
+    server.add_handler("/a", handler, "ud")
+    with running(server) as port:
+        status, body, resp = get(port, "/a/b?x=1&y=%C3%A9", method="POST", body=b"data")
+        assert status == 200 and body == b"hi"
+        assert resp.getheader("Server") == "minisoup/" + minisoup.__version__
+        assert resp.getheader("Date")
+        status, _, _ = get(port, "/a")
+    assert seen[0] == ("/a/b", {"x": "1", "y": "é"}, "ud", "POST", "/a/b", "HTTP/1.1",
+                       "127.0.0.1", b"data")
+    assert seen[1][1] is None
+
+
+def test_longest_prefix_and_default_and_404():
+    server = minisoup.Server()
+    server.add_handler("/a", text_handler("a"))
+    server.add_handler("/a/", text_handler("a/"))
+    server.add_handler("/ws/chat", text_handler("chat"))
+    server.add_handler("/ws", text_handler("ws"))
+    with running(server) as port:
+        assert get(port, "/ab")[1] == b"a"            # plain string prefix, as libsoup
+        assert get(port, "/a/b")[1] == b"a/"
+        assert get(port, "/ws/chat/room1")[1] == b"chat"
+        assert get(port, "/ws/other")[1] == b"ws"
+        assert get(port, "/nothing")[0] == 404
+        server.add_handler(None, text_handler("default"))
+        assert get(port, "/nothing")[1] == b"default"
+
+
+def test_only_the_matched_entry_runs():
+    calls = []
+    server = minisoup.Server()
+
+    def early(server_, msg, path, query, ud):
+        calls.append("early-default")
+
+    server.add_early_handler(None, early)
+    server.add_handler("/n", text_handler("n"))
+    with running(server) as port:
+        assert get(port, "/n/x")[1] == b"n"
+        assert calls == []
+        get(port, "/other")
+        assert calls == ["early-default"]
+
+
+def test_early_handler_rejects_without_reading_body():
+    read = []
+    server = minisoup.Server()
+
+    def early(server_, msg, path, query, ud):
+        if msg.get_request_headers().get_one("Authorization") != "yes":
+            msg.set_status(401)
+
+    server.add_early_handler("/", early)
+    server.add_handler("/", lambda *a: (read.append(1), a[1].set_status(200)))
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 1000000\r\n\r\n")
+        data = recv_until_closed(sock)
+        assert data.startswith(b"HTTP/1.1 401 ")
+        assert b"100 Continue" not in data and b"Connection: close" in data
+        sock.close()
+        assert read == []
+        # With the header, 100 Continue then the final answer.
+        sock = raw_connect(port)
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: h\r\nAuthorization: yes\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"body")
+        assert sock.recv(1000).startswith(b"HTTP/1.1 200 ")
+        sock.close()
+        assert read == [1]
+
+
+def test_forgotten_status_is_500_and_logged(caplog):
+    server = minisoup.Server()
+    server.add_handler("/f", lambda *a: None)
+    with running(server) as port, caplog.at_level(logging.ERROR, "minisoup"):
+        assert get(port, "/f")[0] == 500
+    assert any("forgot to answer" in r.getMessage() for r in caplog.records)
+
+
+def test_exception_in_handler_is_500_and_worker_keeps_serving(caplog):
+    server = minisoup.Server()
+
+    def boom(*args):
+        raise RuntimeError("kaboom")
+
+    server.add_handler("/boom", boom)
+    server.add_handler("/ok", text_handler())
+    with running(server) as port, caplog.at_level(logging.ERROR, "minisoup"):
+        assert get(port, "/boom")[0] == 500
+        assert get(port, "/ok")[0] == 200
+    assert any(r.exc_info and "kaboom" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_keep_alive_pipelining_in_order_and_head():
+    server = minisoup.Server()
+
+    def handler(server_, msg, path, query, ud):
+        if path == "/slow":
+            msg.pause()
+            server_.call_later(0.1, lambda: (msg.set_response("text/plain", "slow"),
+                                             msg.set_status(200), msg.unpause()))
+            return
+        msg.set_response("text/plain", path)
+        msg.set_status(200)
+
+    server.add_handler(None, handler)
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /fast HTTP/1.1\r\nHost: h\r\n\r\n"
+                     b"HEAD /head HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        data = recv_until_closed(sock)
+        sock.close()
+    first, second = data.index(b"slow"), data.index(b"/fast")
+    assert first < second
+    head_response = data[data.rindex(b"HTTP/1.1 200"):]
+    assert b"Content-Length: 5" in head_response and head_response.endswith(b"\r\n\r\n")
+
+
+def test_http10_closes_and_keepalive_when_asked():
+    server = minisoup.Server()
+    server.add_handler(None, text_handler("x"))
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = recv_until_closed(sock)
+        assert data.startswith(b"HTTP/1.0 200 OK") and data.endswith(b"x")
+        sock = raw_connect(port)
+        sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        time.sleep(0.1)
+        data = sock.recv(1000)
+        assert b"Connection: keep-alive" in data
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert recv_until_closed(sock).endswith(b"x")
+
+
+def test_streaming_chunked_response_from_timers():
+    server = minisoup.Server()
+
+    def handler(server_, msg, path, query, ud):
+        msg.set_status(200)
+        msg.get_response_headers().append("Content-Type", "text/plain")
+        msg.get_response_headers().set_encoding(minisoup.Encoding.CHUNKED)
+        msg.pause()
+        body = msg.get_response_body()
+        body.append("first;")
+        msg.unpause()
+        server_.call_later(0.05, body.append, "second;")
+        server_.call_later(0.1, body.complete)
+
+    server.add_handler("/stream", handler)
+    with running(server) as port:
+        status, body, resp = get(port, "/stream")
+        assert status == 200 and body == b"first;second;"
+        assert resp.getheader("Transfer-Encoding") == "chunked"
+
+
+def test_paused_message_answered_later_by_timer():
+    server = minisoup.Server()
+
+    def handler(server_, msg, path, query, ud):
+        msg.pause()
+        server_.call_later(0.05, lambda: (msg.set_status(202), msg.set_response("text/plain", "later"),
+                                          msg.unpause()))
+
+    server.add_handler(None, handler)
+    with running(server) as port:
+        status, body, resp = get(port, "/")
+        assert (status, body) == (202, b"later")
+        assert resp.getheader("Content-Length") == "5"
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"BROKEN\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n", 400),
+])
+def test_bad_requests_get_400_and_close(request_bytes, status):
+    server = minisoup.Server()
+    server.add_handler(None, text_handler())
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(request_bytes)
+        data = recv_until_closed(sock)
+        sock.close()
+    assert data.startswith(b"HTTP/1.1 %d " % status)
+    assert b"Connection: close" in data
+
+
+def test_limits_431_413():
+    server = minisoup.Server(max_header_size=1024, max_body_size=100)
+    server.add_handler(None, text_handler())
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"a" * 2000 + b"\r\n\r\n")
+        assert recv_until_closed(sock).startswith(b"HTTP/1.1 431 ")
+        sock = raw_connect(port)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n")
+        assert recv_until_closed(sock).startswith(b"HTTP/1.1 413 ")
+
+
+def test_request_timeout_closes_slow_client():
+    server = minisoup.Server(request_timeout=0.3)
+    server.add_handler(None, text_handler())
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        start = time.monotonic()
+        assert recv_until_closed(sock, timeout=5) == b""
+        assert time.monotonic() - start < 3
+        assert get(port, "/")[0] == 200
+
+
+def test_client_disconnect_mid_request_and_mid_response():
+    events = {"request-started": 0, "request-finished": 0, "request-aborted": 0}
+    server = minisoup.Server()
+    for name in events:
+        server.connect(name, lambda s, msg, n=name: events.__setitem__(n, events[n] + 1))
+
+    def handler(server_, msg, path, query, ud):
+        if path == "/big":
+            msg.set_response("application/octet-stream", b"x" * (8 << 20))
+            msg.set_status(200)
+            return
+        msg.pause()
+        server_.call_later(0.2, lambda: (msg.set_status(200), msg.unpause()))
+
+    server.add_handler(None, handler)
+    with running(server) as port:
+        sock = raw_connect(port)          # mid-request: half a body, then gone
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+        sock.close()
+        sock = raw_connect(port)          # gone while the handler is paused
+        sock.sendall(b"GET /gone HTTP/1.1\r\nHost: h\r\n\r\n")
+        time.sleep(0.05)
+        sock.close()
+        sock = raw_connect(port)          # gone mid-response (8 MiB not read), with a reset
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
+        sock.recv(1000)
+        sock.close()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and server._connection_count() > 0:
+            time.sleep(0.05)
+        assert server._connection_count() == 0   # every connection cleaned up
+        assert get(port, "/alive")[0] == 200
+    assert events["request-started"] == 4
+    assert events["request-aborted"] >= 1
+    assert events["request-finished"] + events["request-aborted"] == 4
+
+
+def test_signals_in_order():
+    events = []
+    server = minisoup.Server()
+    for name in ("request-started", "request-read", "request-finished"):
+        server.connect(name, lambda s, msg, n=name: events.append(n))
+    server.add_handler(None, text_handler())
+    with running(server) as port:
+        get(port, "/")
+        time.sleep(0.05)
+    assert events == ["request-started", "request-read", "request-finished"]
+    handler_id = server.connect("request-started", lambda *a: None)
+    server.disconnect(handler_id)
+    with pytest.raises(ValueError):
+        server.connect("no-such-signal", lambda *a: None)
+
+
+def test_remove_handler_and_destroy_notifiers():
+    destroyed = []
+    server = minisoup.Server()
+    server.add_handler("/x", text_handler(), "first", destroyed.append)
+    server.add_handler("/x", text_handler(), "second", destroyed.append)
+    assert destroyed == ["first"]
+    server.add_early_handler("/x", lambda *a: None, "early", destroyed.append)
+    server.add_websocket_handler("/x", None, None, lambda *a: None, "ws", destroyed.append)
+    server.remove_handler("/x")
+    assert sorted(destroyed) == ["early", "first", "second", "ws"]
+    server.add_handler("/y", text_handler(), "y", destroyed.append)
+    server.listen_local(0)
+    server.disconnect()
+    assert destroyed[-1] == "y" and server.get_listeners() == []
+
+
+def test_header_injection_from_handler_is_refused():
+    server = minisoup.Server()
+
+    def handler(server_, msg, path, query, ud):
+        msg.get_response_headers().append("X-Evil", "a\r\nSet-Cookie: pwned=1")
+
+    server.add_handler(None, handler)
+    with running(server) as port:
+        status, body, resp = get(port, "/")
+    assert status == 500 and resp.getheader("Set-Cookie") is None
+
+
+def test_listen_variants_and_uris():
+    server = minisoup.Server()
+    server.listen(("127.0.0.1", 0))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(5)
+    server.listen_socket(sock)
+    if socket.has_ipv6:
+        try:
+            server.listen(("::1", 0))
+        except OSError:
+            pass
+    uris = server.get_uris()
+    assert all(u.startswith("http://") and not u.endswith(":0/") for u in uris)
+    server.add_handler(None, text_handler("v"))
+    with running(server):
+        for uri in uris:
+            host, port = uri[len("http://"):-1].rsplit(":", 1)
+            conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=5)
+            conn.request("GET", "/")
+            assert conn.getresponse().read() == b"v"
+            conn.close()
