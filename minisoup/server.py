@@ -10,9 +10,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import __version__
 from .connection import HTTPConnection
 from .handshake import HandshakeError, server_handshake
+from .http import _check_text
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
-from .signals import SignalEmitter
+from .signals import SignalEmitter, current_callback
 from .websocket import WebsocketConnection, WebsocketConnectionType
 
 log = logging.getLogger("minisoup")
@@ -29,6 +30,7 @@ DEFAULT_LIMITS = {
     "max_connections": 10000,            # per worker; above it, stop accepting
     "write_buffer_limit": 16 * 1024 * 1024,  # bytes queued per WebSocket before 1008
     "graceful_timeout": 30.0,            # seconds a graceful stop may take
+    "worker_timeout": 30.0,              # pre-fork: seconds without a heartbeat → SIGKILL
 }
 LISTEN_BACKLOG = 1024
 ACCEPT_PER_WAKEUP = 16       # accept() calls per readiness event (fairness between workers)
@@ -64,7 +66,8 @@ class Server(SignalEmitter):
     ``idle_timeout`` (s for an idle keep-alive connection), ``close_timeout`` (s for
     the WebSocket closing handshake), ``max_connections`` (per worker, soft cap),
     ``write_buffer_limit`` (bytes queued per WebSocket; above it, close 1008),
-    ``graceful_timeout`` (s a graceful stop may take).
+    ``graceful_timeout`` (s a graceful stop may take), ``worker_timeout`` (s a pre-forked
+    worker may go without a heartbeat before the master kills and replaces it).
 
     Signals: ``request-started``, ``request-read``, ``request-finished``,
     ``request-aborted``, each with the :class:`ServerMessage`.
@@ -76,6 +79,8 @@ class Server(SignalEmitter):
         unknown = set(limits) - set(DEFAULT_LIMITS)
         if unknown:
             raise TypeError("unknown Server option(s): %s" % ", ".join(sorted(unknown)))
+        if server_header is not None:
+            _check_text("server_header", server_header)  # no header injection from config
         self.server_header = server_header
         for name, default in DEFAULT_LIMITS.items():
             value = limits.get(name, default)
@@ -97,6 +102,8 @@ class Server(SignalEmitter):
         self._sweep = None  # type: Optional[Handle]
         self._stop_deadline = 0.0
         self._accept_paused_until = 0.0
+        # Set by the pre-fork worker: called with the live connection count on each change.
+        self._on_count_change = None  # type: Optional[Callable[[int], None]]
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers
@@ -412,10 +419,14 @@ class Server(SignalEmitter):
         conn = HTTPConnection(self, None, addr, local)
         conn.transport = SocketTransport(self._loop, sock, conn)
         self._http.add(conn)
+        if self._on_count_change is not None:
+            self._on_count_change(len(self._http) + len(self._websockets))
 
     def _connection_closed(self, conn: Any) -> None:
         self._http.discard(conn)
         self._websockets.discard(conn)
+        if self._on_count_change is not None:
+            self._on_count_change(len(self._http) + len(self._websockets))
         if self._stopping:
             self._check_stopped(time.monotonic())
         elif not self._accepting:
@@ -465,6 +476,7 @@ class Server(SignalEmitter):
         transport.set_protocol(ws)
         self._access_log(msg, 0)
         self.emit("request-finished", msg)
+        current_callback[0] = callback
         try:
             callback(self, msg, msg.get_uri().path, ws, user_data)
         except Exception:
@@ -476,6 +488,11 @@ class Server(SignalEmitter):
         return True
 
     def _websocket_closed(self, ws: WebsocketConnection) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            remote = ws.get_remote_address()
+            access_log.info('%s "WEBSOCKET %s" closed %d %s', remote[0] if remote else "-",
+                            getattr(ws.get_uri(), "path", "-"), ws.get_close_code(),
+                            ws.get_close_data() or "")
         self._connection_closed(ws)
 
     # -- logging ---------------------------------------------------------------------------

@@ -88,7 +88,7 @@ class WebsocketConnection(SignalEmitter):
                  "_msg_ext", "_utf8", "_max_total", "_keepalive_interval",
                  "_keepalive_pong_timeout", "_keepalive_timer", "_pong_timer", "_close_timer",
                  "_close_timeout", "_write_buffer_limit", "_on_closed", "_signals",
-                 "_discarding", "_remote", "__weakref__")
+                 "_discarding", "_remote", "_max_payload", "__weakref__")
 
     def __init__(self, transport: Any, connection_type: WebsocketConnectionType, clock: Any,
                  uri: Any = None, origin: Optional[str] = None, protocol: Optional[str] = None,
@@ -103,8 +103,10 @@ class WebsocketConnection(SignalEmitter):
         self._protocol = protocol
         self._extensions = list(extensions) if extensions else []
         is_server = self._type == WebsocketConnectionType.SERVER
-        self._parser = FrameParser(require_mask=is_server,
-                                   max_payload_size=DEFAULT_MAX_INCOMING_PAYLOAD_SIZE)
+        # The limit lives here too: the parser is dropped on close and replaced on failure,
+        # and the getter must keep answering.
+        self._max_payload = DEFAULT_MAX_INCOMING_PAYLOAD_SIZE
+        self._parser = FrameParser(require_mask=is_server, max_payload_size=self._max_payload)
         rsv = 0
         for ext in self._extensions:
             rsv |= ext.rsv_bits
@@ -180,11 +182,13 @@ class WebsocketConnection(SignalEmitter):
 
     def get_max_incoming_payload_size(self) -> int:
         """Largest accepted frame payload in bytes (default 131072; 0 = no limit)."""
-        return self._parser.max_payload_size
+        return self._max_payload
 
     def set_max_incoming_payload_size(self, size: int) -> None:
         """Set the frame payload limit in bytes (0 = no limit); bigger frames close with 1009."""
-        self._parser.max_payload_size = max(0, int(size))
+        self._max_payload = max(0, int(size))
+        if self._parser is not None:
+            self._parser.max_payload_size = self._max_payload
 
     def get_max_total_message_size(self) -> int:
         """Largest reassembled/decompressed message in bytes (default 131072; 0 = no limit)."""
@@ -272,9 +276,9 @@ class WebsocketConnection(SignalEmitter):
     # -- receiving ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         """Feed bytes read from the peer (the transport calls this)."""
-        if self._discarding:
-            return
         parser = self._parser
+        if self._discarding or parser is None:
+            return
         parser.feed(data)
         next_frame = parser.next_frame
         handle = self._handle_frame

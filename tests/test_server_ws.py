@@ -1,0 +1,1171 @@
+"""End-to-end tests of the server's WebSocket handlers, over real sockets.
+
+Through the public API only: ``Server.add_websocket_handler`` and friends on the
+server side; ``minisoup.websocket_connect``, hand-written HTTP requests and the raw
+frame client of ``wsraw.py`` (and Node's WebSocket, when present) on the other.
+Every server runs in a thread on port 0 (``conftest.running``) and is always stopped.
+"""
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+import minisoup
+from minisoup import WebsocketConnectionType, WebsocketDataType, WebsocketState
+from conftest import running
+from wsraw import (BINARY, CLOSE, PING, TEXT, RawWebSocket, handshake_request, http_exchange,
+                   http_exchange_closing, read_response_head)
+
+T = 3.0  # generous upper bound for anything that should take milliseconds
+
+
+def url(port, path="/"):
+    return "ws://127.0.0.1:%d%s" % (port, path)
+
+
+def connect(port, path="/", **kwargs):
+    return minisoup.websocket_connect(url(port, path), timeout=T, **kwargs)
+
+
+def on_loop(server, fn, *args):
+    """Run ``fn(*args)`` on the server's loop thread and wait for it; returns its result."""
+    done = threading.Event()
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args)
+        finally:
+            done.set()
+    server.call_soon(run)
+    server._loop.wakeup()
+    assert done.wait(T), "loop callback did not run"
+    return box.get("result")
+
+
+class Recorder:
+    """A WebSocket handler that records its calls and what happens to each connection."""
+
+    def __init__(self, name="ws", echo=True):
+        self.name = name
+        self.echo = echo
+        self.calls = []          # (path, user_data)
+        self.conns = []
+        self.closed = []         # connections, one entry per "closed" emission
+        self.opened = threading.Event()
+        self.closed_event = threading.Event()
+        self.info = {}
+
+    def __call__(self, server, msg, path, conn, user_data):
+        self.calls.append((path, user_data))
+        self.conns.append(conn)
+        self.info = {
+            "state": conn.get_state(),
+            "protocol": conn.get_protocol(),
+            "origin": conn.get_origin(),
+            "uri_path": conn.get_uri().path,
+            "type": conn.get_connection_type(),
+            "msg_path": msg.get_uri().path,
+            "status": msg.get_status(),
+        }
+        if self.echo:
+            conn.connect("message", self._echo)
+        conn.connect("closed", self._closed)
+        self.opened.set()
+
+    def _echo(self, conn, kind, data):
+        conn.send_message(kind, data)
+
+    def _closed(self, conn):
+        self.closed.append(conn)
+        self.closed_event.set()
+
+    def wait_closed(self):
+        assert self.closed_event.wait(T), "server connection not closed"
+        time.sleep(0.05)  # a second (wrong) emission would come right after
+        return self.closed
+
+
+def ws_server(handler=None, path="/", origin=None, protocols=None, **limits):
+    server = minisoup.Server(**limits)
+    handler = handler or Recorder()
+    server.add_websocket_handler(path, origin, protocols, handler)
+    return server, handler
+
+
+# -- paths -----------------------------------------------------------------------------
+def test_longest_prefix_wins():
+    server = minisoup.Server()
+    short, long_ = Recorder("ws"), Recorder("chat")
+    server.add_websocket_handler("/ws", None, None, short, "short")
+    server.add_websocket_handler("/ws/chat", None, None, long_, "long")
+    with running(server) as port:
+        for path, expected in [("/ws/chat/room1", long_), ("/ws/chat", long_),
+                               ("/ws/other", short), ("/ws", short), ("/wsx", short)]:
+            with connect(port, path) as client:
+                client.send_text(path)
+                assert client.recv() == (WebsocketDataType.TEXT, path)
+            assert expected.calls[-1] == (path, "short" if expected is short else "long")
+        assert len(long_.calls) == 2 and len(short.calls) == 3
+        # No handler matches /other and there is no default: 404.
+        status, _headers, _body = http_exchange(port, handshake_request("/other"))
+        assert status == 404
+
+
+@pytest.mark.parametrize("default_path", [None, "/"])
+def test_default_handler(default_path):
+    server, rec = ws_server(path=default_path)
+    with running(server) as port:
+        for path in ("/", "/anything/at/all", "/?q=1"):
+            with connect(port, path) as client:
+                client.send_text("hi")
+                assert client.recv() == (WebsocketDataType.TEXT, "hi")
+        assert [c[0] for c in rec.calls] == ["/", "/anything/at/all", "/"]
+
+
+def test_none_and_slash_are_the_same_entry():
+    destroyed = []
+    server = minisoup.Server()
+    first, second = Recorder("first"), Recorder("second")
+    server.add_websocket_handler(None, None, None, first, "a", destroyed.append)
+    server.add_websocket_handler("/", None, None, second, "b", destroyed.append)
+    assert destroyed == ["a"]
+    with running(server) as port:
+        with connect(port, "/x"):
+            pass
+    assert not first.calls and second.calls == [("/x", "b")]
+
+
+def test_plain_get_to_websocket_only_entry_gets_400_not_default():
+    default_calls = []
+
+    def default(server, msg, path, query, user_data):
+        default_calls.append(path)
+        msg.set_response("text/plain", "default")
+        msg.set_status(200)
+
+    server = minisoup.Server()
+    server.add_handler(None, default)
+    server.add_websocket_handler("/ws", None, None, Recorder())
+    with running(server) as port:
+        status, headers, body = http_exchange(
+            port, b"GET /ws/page HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 400
+        assert b"Upgrade" in body
+        assert headers["connection"] == "close"
+        status, _headers, body = http_exchange(port, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body) == (200, b"default")
+    assert default_calls == ["/other"]
+
+
+def test_early_handler_of_other_entry_does_not_run():
+    early_calls = []
+
+    def early(server, msg, path, query, user_data):
+        early_calls.append(path)
+        msg.set_status(403)
+
+    server, rec = ws_server(path="/ws")
+    server.add_early_handler(None, early)
+    with running(server) as port:
+        with connect(port, "/ws/x") as client:
+            client.send_text("ok")
+            assert client.recv()[1] == "ok"
+    assert early_calls == [] and rec.calls
+
+
+# -- order: early, normal, then the handshake ----------------------------------------------
+def test_handshake_after_early_and_normal_handlers():
+    order = []
+    rec = Recorder()
+
+    def early(server, msg, path, query, user_data):
+        order.append("early")
+
+    def normal(server, msg, path, query, user_data):
+        order.append("normal")
+
+    def ws(server, msg, path, conn, user_data):
+        order.append("websocket")
+        rec(server, msg, path, conn, user_data)
+
+    server = minisoup.Server()
+    server.add_early_handler("/ws", early)
+    server.add_handler("/ws", normal)
+    server.add_websocket_handler("/ws", None, None, ws)
+    with running(server) as port:
+        with connect(port, "/ws"):
+            pass
+    assert order == ["early", "normal", "websocket"]
+    assert rec.info["status"] == 101
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_normal_handler_setting_status_rejects_upgrade(status):
+    def auth(server, msg, path, query, user_data):
+        if msg.get_request_headers().get_one("Authorization") != "Bearer ok":
+            msg.set_status(status)
+            msg.set_response("text/plain", "no entry")
+
+    server, rec = ws_server(path="/ws")
+    server.add_handler("/ws", auth)
+    with running(server) as port:
+        with pytest.raises(minisoup.HandshakeError) as info:
+            connect(port, "/ws")
+        assert info.value.status == status
+        status_, _headers, body = http_exchange(
+            port, handshake_request("/ws"))
+        assert (status_, body) == (status, b"no entry")
+        status_, headers, _body = http_exchange(
+            port, handshake_request("/ws", [("Authorization", "Bearer ok")]))
+        assert status_ == 101
+    assert len(rec.calls) == 1
+
+
+def test_early_handler_status_prevents_handshake():
+    normal_calls = []
+
+    def early(server, msg, path, query, user_data):
+        msg.set_status(403)
+
+    def normal(server, msg, path, query, user_data):
+        normal_calls.append(path)
+
+    server, rec = ws_server(path="/ws")
+    server.add_early_handler("/ws", early)
+    server.add_handler("/ws", normal)
+    with running(server) as port:
+        status, headers, _body = http_exchange(port, handshake_request("/ws"))
+        assert status == 403
+        assert "sec-websocket-accept" not in headers
+    assert not rec.calls and not normal_calls
+
+
+def test_handler_that_forgets_nothing_else():
+    # A normal handler that sets nothing lets the handshake answer; a missing
+    # WebSocket handler would have been a 500 (SPEC 1, step 4).
+    server = minisoup.Server()
+    server.add_handler("/plain", lambda *a: None)
+    with running(server) as port:
+        status, _headers, _body = http_exchange(port, handshake_request("/plain"))
+        assert status == 500
+
+
+# -- origin ------------------------------------------------------------------------------------
+def test_origin_exact_case_insensitive_match():
+    server, rec = ws_server(origin="http://Example.com")
+    with running(server) as port:
+        with connect(port, origin="HTTP://EXAMPLE.COM") as client:
+            client.send_text("x")
+            assert client.recv()[1] == "x"
+        assert rec.info["origin"] == "HTTP://EXAMPLE.COM"
+
+
+@pytest.mark.parametrize("sent", ["http://example.com:80", "http://example.com/", "https://example.com",
+                                  "http://evil.example.com", None])
+def test_origin_mismatch_403(sent):
+    server, rec = ws_server(origin="http://example.com")
+    with running(server) as port:
+        headers = [("Origin", sent)] if sent is not None else []
+        status, response_headers, body, closed = http_exchange_closing(
+            port, handshake_request("/", headers))
+        assert status == 403 and closed
+        assert response_headers["connection"] == "close"
+        assert b"Origin" in body
+        with pytest.raises(minisoup.HandshakeError) as info:
+            connect(port, origin=sent)
+        assert info.value.status == 403
+    assert not rec.calls
+
+
+@pytest.mark.parametrize("sent", [None, "http://anything.example", "null"])
+def test_origin_none_accepts_any(sent):
+    server, rec = ws_server(origin=None)
+    with running(server) as port:
+        with connect(port, origin=sent):
+            pass
+    assert rec.info["origin"] == sent
+
+
+# -- subprotocols ---------------------------------------------------------------------------
+def test_subprotocol_server_preference():
+    server, rec = ws_server(protocols=["chat", "superchat"])
+    with running(server) as port:
+        with connect(port, protocols=["superchat", "chat"]) as client:
+            assert client.get_protocol() == "chat"
+        assert rec.info["protocol"] == "chat"
+        with connect(port, protocols=["other", "superchat"]) as client:
+            assert client.get_protocol() == "superchat"
+        assert rec.info["protocol"] == "superchat"
+
+
+def test_subprotocol_none_offered_is_accepted_without_protocol():
+    server, rec = ws_server(protocols=["chat"])
+    with running(server) as port:
+        status, headers, _ = http_exchange(port, handshake_request("/"))
+        assert status == 101 and "sec-websocket-protocol" not in headers
+        with connect(port) as client:
+            assert client.get_protocol() is None
+    assert rec.info["protocol"] is None
+
+
+def test_subprotocol_no_match_400():
+    server, rec = ws_server(protocols=["chat", "superchat"])
+    with running(server) as port:
+        status, headers, body = http_exchange(
+            port, handshake_request("/", [("Sec-WebSocket-Protocol", "mqtt, wamp")]))
+        assert status == 400 and headers["connection"] == "close"
+        assert b"subprotocol" in body
+        with pytest.raises(minisoup.HandshakeError) as info:
+            connect(port, protocols=["mqtt"])
+        assert info.value.status == 400
+    assert not rec.calls
+
+
+def test_protocols_none_accepts_any_offer_and_chooses_none():
+    server, rec = ws_server(protocols=None)
+    with running(server) as port:
+        status, headers, _ = http_exchange(
+            port, handshake_request("/", [("Sec-WebSocket-Protocol", "mqtt")]))
+        assert status == 101 and "sec-websocket-protocol" not in headers
+    assert rec.info["protocol"] is None
+
+
+# -- handshake checks (SPEC 2): status and a body naming the failed check ----------------------
+BAD_HANDSHAKES = [
+    # (description, request kwargs, status, word the body must contain)
+    ("POST", dict(method="POST"), 400, "GET"),
+    ("HTTP/1.0", dict(version="HTTP/1.0"), 400, "HTTP/1.1"),
+    ("no Upgrade", dict(omit=("Upgrade",)), 400, "Upgrade"),
+    ("Upgrade: h2c", dict(headers=[("Upgrade", "h2c")]), 400, "Upgrade"),
+    ("no Connection", dict(omit=("Connection",)), 400, "Connection"),
+    ("Connection: keep-alive", dict(headers=[("Connection", "keep-alive")]), 400, "Connection"),
+    ("version 8", dict(headers=[("Sec-WebSocket-Version", "8")]), 400, "Version"),
+    ("no version", dict(omit=("Sec-WebSocket-Version",)), 400, "Version"),
+    ("no key", dict(omit=("Sec-WebSocket-Key",)), 400, "Key"),
+    ("key of 15 bytes", dict(key="AAAAAAAAAAAAAAAAAAAA"), 400, "Key"),
+    ("key of 17 bytes", dict(key="AAAAAAAAAAAAAAAAAAAAAAA="), 400, "Key"),
+    ("key not base64", dict(key="!!!!!!!!!!!!!!!!!!!!!!=="), 400, "Key"),
+]
+
+
+@pytest.mark.parametrize("what,kwargs,status,word", BAD_HANDSHAKES,
+                         ids=[b[0] for b in BAD_HANDSHAKES])
+def test_failed_handshake_check(what, kwargs, status, word):
+    server, rec = ws_server()
+    with running(server) as port:
+        request = handshake_request("/", **kwargs)
+        if kwargs.get("method") == "POST":
+            request = request.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n")
+        got, headers, body, closed = http_exchange_closing(port, request)
+        assert closed, "the server kept the connection open after a failed handshake"
+        assert got == status, (what, got, body)
+        assert word.lower() in body.decode().lower(), body
+        assert headers["connection"] == "close"
+        assert "sec-websocket-accept" not in headers
+        if "version" in what:
+            assert headers["sec-websocket-version"] == "13"
+    assert not rec.calls
+
+
+@pytest.mark.parametrize("headers", [
+    [("Upgrade", "WebSocket"), ("Connection", "keep-alive, Upgrade")],
+    [("Upgrade", "websocket"), ("Connection", "UPGRADE")],
+    [("Upgrade", "h2c, WEBSOCKET"), ("Connection", "Upgrade, HTTP2-Settings")],
+])
+def test_handshake_tokens_any_case_in_lists(headers):
+    server, rec = ws_server()
+    with running(server) as port:
+        status, response, _ = http_exchange(port, handshake_request("/", headers))
+        assert status == 101
+        assert response["upgrade"].lower() == "websocket"
+        assert response["connection"].lower() == "upgrade"
+
+
+def test_accept_key_rfc_example():
+    server, rec = ws_server()
+    with running(server) as port:
+        status, headers, _ = http_exchange(
+            port, handshake_request("/", key="dGhlIHNhbXBsZSBub25jZQ=="))
+    assert status == 101
+    assert headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# -- remove_handler and destroy ---------------------------------------------------------------
+def test_remove_handler_calls_destroy_and_unregisters():
+    destroyed = []
+    server = minisoup.Server()
+    server.add_websocket_handler("/ws", None, None, Recorder(), "ws-data", destroyed.append)
+    server.add_handler("/ws", lambda *a: None, "normal-data", destroyed.append)
+    server.add_early_handler("/ws", lambda *a: None, "early-data", destroyed.append)
+    with running(server) as port:
+        with connect(port, "/ws"):
+            pass
+        on_loop(server, server.remove_handler, "/ws")
+        assert sorted(destroyed) == ["early-data", "normal-data", "ws-data"]
+        status, _headers, _ = http_exchange(port, handshake_request("/ws"))
+        assert status == 404
+    server.remove_handler("/ws")  # already gone: no error, no second destroy
+    assert len(destroyed) == 3
+
+
+def test_replacing_handler_calls_destroy_of_old_one():
+    destroyed = []
+    server = minisoup.Server()
+    old, new = Recorder("old"), Recorder("new")
+    server.add_websocket_handler("/ws", None, None, old, "old", destroyed.append)
+    server.add_handler("/ws", lambda *a: None, "normal", destroyed.append)
+    server.add_websocket_handler("/ws", None, None, new, "new", destroyed.append)
+    assert destroyed == ["old"]  # the normal handler at the same path stays
+    with running(server) as port:
+        with connect(port, "/ws"):
+            pass
+    assert not old.calls and new.calls == [("/ws", "new")]
+
+
+def test_server_disconnect_destroys_and_closes_with_1001():
+    destroyed = []
+    rec = Recorder()
+    server = minisoup.Server()
+    server.add_websocket_handler("/other", None, None, Recorder(), "other", destroyed.append)
+    server.add_websocket_handler("/ws", None, None, rec, "ws", destroyed.append)
+    with running(server) as port:
+        client = connect(port, "/ws")
+        assert rec.opened.wait(T)
+        on_loop(server, server.disconnect)
+        assert client.wait_closed(T) == 1001
+        client._transport.abort()
+    assert sorted(destroyed) == ["other", "ws"]
+    assert server.get_listeners() == []
+    assert len(rec.wait_closed()) == 1
+
+
+# -- the connection handed to the callback ------------------------------------------------------
+def test_callback_gets_open_connection_with_properties():
+    server, rec = ws_server(path="/ws", origin="http://o.example", protocols=["p1", "p2"])
+    with running(server) as port:
+        with connect(port, "/ws/room?x=1", origin="http://o.example", protocols=["p2"]):
+            assert rec.opened.wait(T)
+    info = rec.info
+    assert info["state"] == WebsocketState.OPEN
+    assert info["protocol"] == "p2"
+    assert info["origin"] == "http://o.example"
+    assert info["uri_path"] == "/ws/room" and info["msg_path"] == "/ws/room"
+    assert info["type"] == WebsocketConnectionType.SERVER
+    assert rec.calls == [("/ws/room", None)]
+    assert rec.conns[0].get_uri().query == "x=1"
+
+
+def test_echo_text_and_binary():
+    server, rec = ws_server()
+    with running(server) as port:
+        with connect(port) as client:
+            for text in ["", "hello", "\u00e9\u4e2d\U0001f600" * 100, "x" * 70000]:
+                client.send_text(text)
+                assert client.recv() == (WebsocketDataType.TEXT, text)
+            for data in [b"", b"\x00\xff" * 10, os.urandom(100000)]:
+                client.send_binary(data)
+                assert client.recv() == (WebsocketDataType.BINARY, data)
+
+
+def test_user_data_in_signals():
+    seen = []
+
+    def handler(server, msg, path, conn, user_data):
+        conn.connect("message", lambda c, kind, data, tag: seen.append((tag, data)), "tag")
+        conn.connect("message", lambda c, kind, data: c.send_text("ack"))
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with connect(port) as client:
+            client.send_text("m")
+            assert client.recv()[1] == "ack"
+    assert seen == [("tag", "m")]
+
+
+# -- "closed" exactly once, however it ends -----------------------------------------------------
+def test_closed_once_on_clean_close_by_client():
+    server, rec = ws_server()
+    with running(server) as port:
+        client = connect(port)
+        client.send_text("x")
+        client.recv()
+        client.close(1000, "done")
+        assert client.get_close_code() == 1000
+        closed = rec.wait_closed()
+    assert len(closed) == 1
+    conn = rec.conns[0]
+    assert conn.get_state() == WebsocketState.CLOSED
+    assert (conn.get_close_code(), conn.get_close_data()) == (1000, "done")
+
+
+def test_closed_once_on_close_by_server():
+    events = []
+
+    def handler(server, msg, path, conn, user_data):
+        conn.connect("message", lambda c, kind, data: c.close(4000, "bye"))
+        conn.connect("closing", lambda c: events.append("closing"))
+        conn.connect("closed", lambda c: events.append("closed"))
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        client = connect(port)
+        client.send_text("close me")
+        with pytest.raises(minisoup.ConnectionClosed) as info:
+            client.recv()
+        assert info.value.code == 4000
+        assert (client.get_close_code(), client.get_close_data()) == (4000, "bye")
+        deadline = time.monotonic() + T
+        while "closed" not in events and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    assert events == ["closing", "closed"]
+
+
+def test_closed_once_when_peer_vanishes():
+    server, rec = ws_server()
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        raw.send_frame(TEXT, b"hi")
+        assert raw.read_message() == (TEXT, b"hi")
+        raw.close()  # no close frame
+        closed = rec.wait_closed()
+    assert len(closed) == 1
+    assert rec.conns[0].get_close_code() == 1006
+    assert rec.conns[0].get_state() == WebsocketState.CLOSED
+
+
+def test_closed_once_when_peer_resets():
+    server, rec = ws_server()
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        raw.close()
+        closed = rec.wait_closed()
+    assert len(closed) == 1 and rec.conns[0].get_close_code() == 1006
+
+
+def test_peer_never_answers_our_close():
+    def handler(server, msg, path, conn, user_data):
+        rec(server, msg, path, conn, user_data)
+        conn.close(1000, "go")
+
+    rec = Recorder(echo=False)
+    server = minisoup.Server(close_timeout=0.5)
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        assert raw.read_close() == (1000, b"go")
+        t0 = time.monotonic()
+        assert raw.wait_eof(T), "server kept the connection open"
+        elapsed = time.monotonic() - t0
+        raw.close()
+        closed = rec.wait_closed()
+    assert 0.3 < elapsed < 2.0, elapsed
+    assert len(closed) == 1
+
+
+def test_closed_once_on_server_stop():
+    server, rec = ws_server()
+    with running(server) as port:
+        client = connect(port)
+        assert rec.opened.wait(T)
+    assert client.wait_closed(T) == 1001
+    assert len(rec.closed) == 1
+
+
+# -- keepalive -----------------------------------------------------------------------------
+def test_keepalive_pings_answered():
+    pongs = []
+
+    def handler(server, msg, path, conn, user_data):
+        assert conn.get_keepalive_interval() == 0
+        conn.set_keepalive_interval(0.1)
+        conn.set_keepalive_pong_timeout(0.5)
+        conn.connect("pong", lambda c, data: pongs.append(data))
+        rec(server, msg, path, conn, user_data)
+
+    rec = Recorder()
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with connect(port) as client:
+            with pytest.raises(socket.timeout):
+                client.recv(timeout=0.8)  # pumps: the client answers the pings
+            assert len(pongs) >= 3
+            assert rec.conns[0].get_state() == WebsocketState.OPEN
+            client.send_text("still open")
+            assert client.recv()[1] == "still open"
+
+
+def test_keepalive_pong_timeout_closes_with_1008():
+    def handler(server, msg, path, conn, user_data):
+        conn.set_keepalive_interval(0.1)
+        conn.set_keepalive_pong_timeout(0.3)
+        rec(server, msg, path, conn, user_data)
+
+    rec = Recorder()
+    server = minisoup.Server(close_timeout=0.5)
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        t0 = time.monotonic()
+        pings = 0
+        while True:
+            opcode, _fin, _rsv, payload = raw.read_frame(T)
+            if opcode == PING:
+                pings += 1  # ignored: no pong
+                continue
+            assert opcode == CLOSE
+            assert payload[:2] == (1008).to_bytes(2, "big")
+            break
+        assert 0.3 <= time.monotonic() - t0 < 2.0
+        assert pings >= 1
+        raw.send_close(1008)
+        assert raw.wait_eof(T)
+        raw.close()
+        closed = rec.wait_closed()
+    assert len(closed) == 1 and rec.conns[0].get_close_code() == 1008
+
+
+# -- errors ---------------------------------------------------------------------------------
+def test_send_on_closed_connection_warns(caplog):
+    results = []
+
+    def handler(server, msg, path, conn, user_data):
+        def closed(c):
+            c.send_text("too late")
+            c.send_binary(b"too late")
+            results.append(c.get_state())
+        conn.connect("closed", closed)
+        rec(server, msg, path, conn, user_data)
+
+    rec = Recorder()
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    caplog.set_level(logging.WARNING, logger="minisoup")
+    with running(server) as port:
+        with connect(port):
+            pass
+        rec.wait_closed()
+    assert results == [WebsocketState.CLOSED]
+    warnings = [r for r in caplog.records if "send ignored" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[0].levelno == logging.WARNING
+
+
+def test_send_while_closing_is_ignored(caplog):
+    def handler(server, msg, path, conn, user_data):
+        def on_message(c, kind, data):
+            c.close(1000)
+            c.send_text("after close()")
+        conn.connect("message", on_message)
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    caplog.set_level(logging.WARNING, logger="minisoup")
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        raw.send_frame(TEXT, b"x")
+        opcode, _fin, _rsv, payload = raw.read_frame(T)
+        assert opcode == CLOSE  # nothing sent after our close frame
+        raw.close()
+    assert any("send ignored" in r.getMessage() and "CLOSING" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_exception_in_message_handler_closes_1011_and_server_keeps_serving(caplog):
+    def handler(server, msg, path, conn, user_data):
+        def on_message(c, kind, data):
+            if data == "boom":
+                raise RuntimeError("handler bug")
+            c.send_text(data)
+        conn.connect("message", on_message)
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        client = connect(port)
+        client.send_text("boom")
+        with pytest.raises(minisoup.ConnectionClosed):
+            client.recv()
+        assert client.get_close_code() == 1011
+        with connect(port) as again:
+            again.send_text("fine")
+            assert again.recv()[1] == "fine"
+    assert any("handler bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+def test_exception_in_websocket_callback_closes_1011():
+    def handler(server, msg, path, conn, user_data):
+        raise ValueError("callback bug")
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        client = connect(port)
+        assert client.wait_closed(T) == 1011
+        client._transport.abort()
+        again = connect(port)  # the server still accepts
+        assert again.wait_closed(T) == 1011
+        again._transport.abort()
+
+
+def test_garbage_after_handshake_1002():
+    server, rec = ws_server()
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        raw.send_raw(b"this is not a websocket frame\r\n")
+        raw.expect_close(1002)
+        raw.close()
+        closed = rec.wait_closed()
+    assert len(closed) == 1 and rec.conns[0].get_close_code() == 1002
+
+
+def test_frames_in_the_same_packet_as_the_handshake():
+    server, rec = ws_server()
+    with running(server) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=T)
+        frames = b"".join(minisoup.frames.build_frame(TEXT, b"early %d" % i, True, 0, b"abcd")
+                          for i in range(3))
+        sock.sendall(handshake_request("/") + frames)
+        status, _headers, rest = read_response_head(sock)
+        assert status == 101
+        raw = RawWebSocket.adopt(sock, rest, T)
+        for i in range(3):
+            assert raw.read_message() == (TEXT, b"early %d" % i)
+        raw.close()
+
+
+def test_garbage_in_the_same_packet_as_the_handshake():
+    server, rec = ws_server()
+    with running(server) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=T)
+        sock.sendall(handshake_request("/") + b"\xff\xff\xff")
+        status, _headers, rest = read_response_head(sock)
+        assert status == 101
+        raw = RawWebSocket.adopt(sock, rest, T)
+        raw.expect_close(1002)
+        raw.close()
+
+
+# -- size limits ---------------------------------------------------------------------------------
+LIMIT = 131072
+
+
+def test_default_limits():
+    server, rec = ws_server()
+    with running(server) as port:
+        with connect(port):
+            assert rec.opened.wait(T)
+    conn = rec.conns[0]
+    assert conn.get_max_incoming_payload_size() == LIMIT
+    assert conn.get_max_total_message_size() == LIMIT
+    assert conn.get_keepalive_interval() == 0
+    assert conn.get_keepalive_pong_timeout() == 0
+
+
+def test_message_at_and_over_the_payload_limit():
+    server, rec = ws_server()
+    with running(server) as port:
+        with connect(port) as client:
+            client.send_binary(b"a" * LIMIT)
+            assert client.recv() == (WebsocketDataType.BINARY, b"a" * LIMIT)
+            client.send_text("b" * LIMIT)
+            assert client.recv() == (WebsocketDataType.TEXT, "b" * LIMIT)
+            client.send_binary(b"c" * (LIMIT + 1))
+            with pytest.raises(minisoup.ConnectionClosed) as info:
+                client.recv()
+            assert info.value.code == 1009
+        closed = rec.wait_closed()
+    assert rec.conns[0].get_close_code() == 1009 and len(closed) == 1
+    # The limits still read back after the failure and the close.
+    assert rec.conns[0].get_max_incoming_payload_size() == LIMIT
+    rec.conns[0].set_max_incoming_payload_size(10)
+    assert rec.conns[0].get_max_incoming_payload_size() == 10
+
+
+def test_total_message_size_limit():
+    def handler(server, msg, path, conn, user_data):
+        conn.set_max_incoming_payload_size(0)  # only the message limit applies
+        rec(server, msg, path, conn, user_data)
+
+    rec = Recorder()
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with connect(port) as client:
+            client.send_binary(b"a" * LIMIT)
+            assert client.recv()[1] == b"a" * LIMIT
+            client.send_binary(b"a" * (LIMIT + 1))
+            with pytest.raises(minisoup.ConnectionClosed):
+                client.recv()
+            assert client.get_close_code() == 1009
+        raw = RawWebSocket(port)
+        half = LIMIT // 2
+        raw.send_frame(BINARY, b"x" * half, fin=False)
+        raw.send_frame(0, b"y" * half, fin=True)
+        assert raw.read_message() == (BINARY, b"x" * half + b"y" * half)
+        raw.send_frame(BINARY, b"x" * half, fin=False)
+        raw.send_frame(0, b"y" * (half + 1), fin=True)
+        raw.expect_close(1009)
+        raw.close()
+
+
+def test_raised_limits_allow_64_mib_message():
+    size = 64 * 1024 * 1024
+
+    def handler(server, msg, path, conn, user_data):
+        conn.set_max_incoming_payload_size(size)
+        conn.set_max_total_message_size(0)
+        conn.connect("message", lambda c, kind, data: c.send_text(str(len(data))))
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with connect(port) as client:
+            t0 = time.monotonic()
+            client.send_binary(b"\x5a" * size)
+            assert client.recv(timeout=10) == (WebsocketDataType.TEXT, str(size))
+            elapsed = time.monotonic() - t0
+    assert elapsed < 5.0, "64 MiB took %.1f s" % elapsed
+
+
+def test_write_buffer_limit_closes_1008(caplog):
+    chunk = b"\0" * 65536
+
+    def handler(server, msg, path, conn, user_data):
+        rec(server, msg, path, conn, user_data)
+
+        def pump():
+            if conn.get_state() == WebsocketState.OPEN:
+                for _ in range(8):
+                    conn.send_binary(chunk)
+                server.call_later(0.001, pump)
+        pump()
+
+    rec = Recorder(echo=False)
+    server = minisoup.Server(write_buffer_limit=256 * 1024, close_timeout=0.3)
+    server.add_websocket_handler(None, None, None, handler)
+    caplog.set_level(logging.INFO, logger="minisoup")
+    with running(server) as port:
+        raw = RawWebSocket(port, rcvbuf=65536)  # never reads after the handshake
+        closed = rec.wait_closed()
+        raw.close()
+    conn = rec.conns[0]
+    assert len(closed) == 1
+    assert conn.get_close_code() == 1008
+    assert any("write_buffer_limit" in r.getMessage() for r in caplog.records)
+
+
+def test_buffered_amount_reported():
+    amounts = []
+
+    def handler(server, msg, path, conn, user_data):
+        amounts.append(conn.get_buffered_amount())
+        conn.connect("message", lambda c, kind, data: c.send_text("ok"))
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with connect(port) as client:
+            client.send_text("x")
+            assert client.recv()[1] == "ok"
+    assert amounts == [0]
+
+
+# -- Node's WebSocket client -------------------------------------------------------------------
+NODE_SCRIPT = r"""
+const url = process.argv[process.argv.length - 1];
+const ws = new WebSocket(url);
+ws.binaryType = "arraybuffer";
+const big = Array.from({length: 5000}, (_, i) => "line " + i + " \u00e9\u4e2d\n").join("");
+const got = [];
+const timer = setTimeout(() => { console.log(JSON.stringify({error: "timeout", got})); process.exit(2); }, 5000);
+ws.onopen = () => ws.send("h\u00e9llo from node");
+ws.onmessage = (ev) => {
+  if (typeof ev.data !== "string") {
+    got.push({binary: Array.from(new Uint8Array(ev.data))});
+    ws.close(1000, "node done");
+  } else if (ev.data.length > 1000) {
+    got.push({big: ev.data === big});
+    ws.send(new Uint8Array([0, 1, 2, 253, 254, 255]));
+  } else {
+    got.push({text: ev.data});
+    ws.send(big);
+  }
+};
+ws.onerror = (ev) => { got.push({error: String(ev.message || ev.type)}); };
+ws.onclose = (ev) => {
+  clearTimeout(timer);
+  console.log(JSON.stringify({got, code: ev.code, reason: ev.reason, wasClean: ev.wasClean,
+                              extensions: ws.extensions}));
+};
+"""
+
+
+def _node_command():
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        out = subprocess.run([node, "-e", "process.stdout.write(typeof WebSocket)"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out == "function":
+        return [node]
+    out = subprocess.run([node, "--experimental-websocket", "-e",
+                          "process.stdout.write(typeof WebSocket)"],
+                         capture_output=True, text=True, timeout=10).stdout
+    return [node, "--experimental-websocket"] if out == "function" else None
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_websocket_client():
+    command = _node_command()
+    if command is None:
+        pytest.skip("this node has no WebSocket client")
+    server, rec = ws_server(path="/echo")
+    with running(server) as port:
+        proc = subprocess.run(command + ["-e", NODE_SCRIPT, "--", url(port, "/echo")],
+                              capture_output=True, text=True, timeout=15)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        closed = rec.wait_closed()
+    assert result["got"] == [{"text": "h\u00e9llo from node"}, {"big": True},
+                             {"binary": [0, 1, 2, 253, 254, 255]}]
+    assert result["code"] == 1000 and result["wasClean"] is True
+    assert len(closed) == 1
+    assert (rec.conns[0].get_close_code(), rec.conns[0].get_close_data()) == (1000, "node done")
+
+
+# -- more of SPEC 1-3 over the wire ------------------------------------------------------------
+def test_exception_in_normal_handler_at_websocket_path_is_500(caplog):
+    def normal(server, msg, path, query, user_data):
+        raise RuntimeError("normal handler bug")
+
+    server, rec = ws_server(path="/ws")
+    server.add_handler("/ws", normal)
+    with running(server) as port:
+        status, headers, _ = http_exchange(port, handshake_request("/ws"))
+        assert status == 500 and "sec-websocket-accept" not in headers
+    assert not rec.calls
+    assert any(r.exc_info for r in caplog.records)
+
+
+def test_protocol_offer_in_several_headers():
+    server, rec = ws_server(protocols=["b", "c"])
+    with running(server) as port:
+        status, headers, _ = http_exchange(port, handshake_request(
+            "/", [("Sec-WebSocket-Protocol", "a"), ("Sec-WebSocket-Protocol", "c, b")]))
+        assert status == 101 and headers["sec-websocket-protocol"] == "b"
+    assert rec.info["protocol"] == "b"
+
+
+def test_client_ping_answered_and_error_signal_on_protocol_error():
+    errors = []
+
+    def handler(server, msg, path, conn, user_data):
+        conn.connect("error", lambda c, exc: errors.append(exc))
+        rec(server, msg, path, conn, user_data)
+
+    rec = Recorder()
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with connect(port) as client:
+            client.ping(b"are you there")
+            assert client.wait_pong(T) == b"are you there"
+        raw = RawWebSocket(port)
+        raw.send_frame(TEXT, b"x", mask=False)
+        raw.expect_close(1002)
+        raw.close()
+        rec.wait_closed()
+    assert len(errors) == 1
+    assert isinstance(errors[0], minisoup.WebsocketError) and errors[0].code == 1002
+
+
+def test_oversized_message_still_being_sent_reads_1009():
+    # The client is still writing its 4 MiB frame when the server fails the connection:
+    # the lingering close keeps reading, so the client's writes succeed and it reads 1009.
+    server, rec = ws_server(close_timeout=1.0)
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        raw.send_frame(BINARY, b"z" * (4 * 1024 * 1024))
+        raw.expect_close(1009)
+        raw.send_close(1009)
+        assert raw.wait_eof(T)
+        raw.close()
+        rec.wait_closed()
+    assert rec.conns[0].get_close_code() == 1009
+
+
+def test_failed_connection_closed_after_close_timeout_when_peer_stays():
+    server, rec = ws_server(close_timeout=0.3)
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        raw.send_frame(5, b"")
+        raw.expect_close(1002)
+        t0 = time.monotonic()
+        for _ in range(10):
+            raw.send_raw(b"ignored garbage " * 100)  # discarded, not a reset
+        closed = rec.wait_closed()
+        elapsed = time.monotonic() - t0
+        raw.close()
+    assert 0.2 < elapsed < 2.0 and len(closed) == 1
+
+
+def test_bad_extension_offer_is_declined_not_fatal():
+    server, rec = ws_server()
+    with running(server) as port:
+        for offer in ["permessage-deflate; server_max_window_bits=99",
+                      "permessage-deflate; client_max_window_bits=foo",
+                      "permessage-deflate; unknown_param",
+                      "permessage-deflate; server_no_context_takeover=1",
+                      "x-unknown-extension, ;;;, =",
+                      ""]:
+            status, headers, _ = http_exchange(
+                port, handshake_request("/", [("Sec-WebSocket-Extensions", offer)]))
+            assert status == 101, offer
+            assert "deflate" not in headers.get("sec-websocket-extensions", ""), offer
+        with RawWebSocket(port) as raw:  # not negotiated: RSV1 is a protocol error
+            raw.send_frame(TEXT, b"x", rsv=4)
+            raw.expect_close(1002)
+
+
+def test_deflate_negotiated_end_to_end():
+    server, rec = ws_server()
+    with running(server) as port:
+        status, headers, _ = http_exchange(
+            port, handshake_request("/", [("Sec-WebSocket-Extensions", "permessage-deflate")]))
+        assert status == 101 and "permessage-deflate" in headers["sec-websocket-extensions"]
+        with connect(port, extensions=[minisoup.WebsocketExtensionDeflate]) as client:
+            assert client.get_extensions()
+            text = "compress me " * 10000
+            client.send_text(text)
+            assert client.recv() == (WebsocketDataType.TEXT, text)
+        assert rec.conns[-1].get_extensions()
+
+
+def test_remove_websocket_extension():
+    server, rec = ws_server()
+    server.remove_websocket_extension(minisoup.WebsocketExtensionDeflate)
+    with running(server) as port:
+        status, headers, _ = http_exchange(
+            port, handshake_request("/", [("Sec-WebSocket-Extensions", "permessage-deflate")]))
+        assert status == 101 and "sec-websocket-extensions" not in headers
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_upgrade_after_keep_alive_request_on_same_connection(pipelined):
+    def page(server, msg, path, query, user_data):
+        msg.set_response("text/plain", "page")
+        msg.set_status(200)
+
+    server, rec = ws_server(path="/ws")
+    server.add_handler("/page", page)
+    with running(server) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=T)
+        first = b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n"
+        upgrade = handshake_request("/ws")
+        frame = minisoup.frames.build_frame(TEXT, b"after upgrade", True, 0, b"wxyz")
+        if pipelined:
+            sock.sendall(first + upgrade + frame)
+        else:
+            sock.sendall(first)
+        status, headers, rest = read_response_head(sock)
+        assert status == 200 and headers.get("connection", "").lower() != "close"
+        while len(rest) < 4:
+            rest += sock.recv(100)
+        assert rest[:4] == b"page"
+        rest = rest[4:]
+        if not pipelined:
+            sock.sendall(upgrade + frame)
+        status, _headers, after = read_response_head(sock, T, rest)
+        assert status == 101
+        raw = RawWebSocket.adopt(sock, after, T)
+        assert raw.read_message() == (TEXT, b"after upgrade")
+        raw.close()
+    assert rec.info["uri_path"] == "/ws"
+
+
+def test_close_code_zero_while_open():
+    codes = []
+
+    def handler(server, msg, path, conn, user_data):
+        codes.append((conn.get_close_code(), conn.get_close_data()))
+
+    server = minisoup.Server()
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with connect(port):
+            pass
+    assert codes == [(0, None)]
+
+
+@pytest.mark.parametrize("verdict", [None, 401])
+def test_paused_normal_handler_decides_later(verdict):
+    # Asynchronous authentication: the handler pauses, a timer answers.
+    def normal(server, msg, path, query, user_data):
+        msg.pause()
+
+        def decide():
+            if verdict:
+                msg.set_status(verdict)
+            msg.unpause()
+        server.call_later(0.05, decide)
+
+    server, rec = ws_server(path="/ws")
+    server.add_handler("/ws", normal)
+    with running(server) as port:
+        if verdict is None:
+            with connect(port, "/ws") as client:
+                client.send_text("through")
+                assert client.recv()[1] == "through"
+        else:
+            with pytest.raises(minisoup.HandshakeError) as info:
+                connect(port, "/ws")
+            assert info.value.status == verdict
+    assert len(rec.calls) == (1 if verdict is None else 0)
+
+
+@pytest.mark.parametrize("verdict", [None, 403])
+def test_paused_early_handler_decides_later(verdict):
+    def early(server, msg, path, query, user_data):
+        msg.pause()
+
+        def decide():
+            if verdict:
+                msg.set_status(verdict)
+            msg.unpause()
+        server.call_later(0.05, decide)
+
+    server, rec = ws_server(path="/ws")
+    server.add_early_handler("/ws", early)
+    with running(server) as port:
+        status, _headers, _ = http_exchange(port, handshake_request("/ws"))
+        assert status == (verdict or 101)
+    assert len(rec.calls) == (0 if verdict else 1)
+
+
+def test_deflated_message_over_total_limit_gets_1009():
+    # 1 MiB of zeros compresses to about 1 KiB: under the frame limit, over the message limit.
+    server, rec = ws_server()
+    with running(server) as port:
+        with connect(port, extensions=[minisoup.WebsocketExtensionDeflate]) as client:
+            assert client.get_extensions()
+            client.send_binary(bytes(LIMIT))
+            assert client.recv() == (WebsocketDataType.BINARY, bytes(LIMIT))
+            client.send_binary(bytes(1024 * 1024))
+            with pytest.raises(minisoup.ConnectionClosed):
+                client.recv()
+            assert client.get_close_code() == 1009
