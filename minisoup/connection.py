@@ -14,6 +14,7 @@ from urllib.parse import SplitResult
 from .http import (LAST_CHUNK, Encoding, HTTPError, RequestParser, build_response_head, chunk,
                    http_date, parse_query, reason_phrase, split_target)
 from .message import ServerMessage
+from .signals import last_callback
 
 log = logging.getLogger("minisoup")
 
@@ -23,6 +24,11 @@ HEAD, BODY, HANDLING, STREAMING, CLOSED = range(5)
 AFTER_EARLY, AFTER_HANDLER = 1, 2
 NO_BODY_STATUSES = frozenset((204, 304))
 CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Back-pressure: with more than this of a response still unsent, the next (pipelined)
+# request is not read until the peer has read it. Without it, a client pipelining small
+# requests without reading made the server buffer every response (54 KB of GETs → 197 MB).
+PIPELINE_HIGH_WATER = 64 * 1024
+FIRST_REQUEST_GRACE_S = 1.0  # graceful stop: how long a new connection may take to speak
 
 
 class HTTPConnection:
@@ -30,7 +36,7 @@ class HTTPConnection:
 
     __slots__ = ("server", "transport", "parser", "state", "msg", "request", "entry",
                  "phase", "deadline", "keep_alive", "remote", "local", "_processing",
-                 "_must_close", "__weakref__")
+                 "_must_close", "_idle", "_draining", "__weakref__")
 
     def __init__(self, server: Any, transport: Any, remote: Any, local: Any) -> None:
         self.server = server
@@ -49,13 +55,18 @@ class HTTPConnection:
         # Until the first byte: idle_timeout would be kind; a silent client is a slowloris
         # client, so the header deadline starts now.
         self.deadline = time.monotonic() + server.request_timeout
+        self._idle = False  # True between keep-alive requests: the deadline is idle_timeout's
+        self._draining = False  # waiting for the peer to read a response (back-pressure)
 
     # -- protocol interface -----------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
         if self.state == BODY:
             self.deadline = time.monotonic() + self.server.request_timeout
-        elif self.state == HEAD and self.deadline_is_idle():
+        elif self._idle:
+            # The first byte of the next keep-alive request: from now on its head has
+            # request_timeout to arrive, not what is left of idle_timeout.
+            self._idle = False
             self.deadline = time.monotonic() + self.server.request_timeout
         self._process()
 
@@ -83,7 +94,7 @@ class HTTPConnection:
         return self.msg is None and not self.parser.has_data
 
     def check_deadline(self, now: float) -> None:
-        if self.state in (HEAD, BODY) and now > self.deadline:
+        if self.state in (HEAD, BODY) and now > self.deadline and not self._draining:
             if self.msg is None and not self.parser.has_data:
                 log.debug("closing idle connection from %s", _addr(self.remote))
             else:
@@ -92,10 +103,16 @@ class HTTPConnection:
             self.transport.abort()
 
     def close_if_idle(self) -> None:
-        """Graceful stop: close now if no request is in progress, else after the response."""
+        """Graceful stop: close now if idle between keep-alive requests, else after the
+        response. A connection still waiting for its first request gets
+        ``FIRST_REQUEST_GRACE_S`` to send it: it was accepted a moment ago and its request
+        is most likely on the wire (closing it now would reset it, e.g. during a SIGHUP)."""
         self._must_close = True
         if self.state == HEAD and self.msg is None and not self.parser.has_data:
-            self.transport.close()
+            if self._idle:
+                self.transport.close()
+            else:
+                self.deadline = min(self.deadline, time.monotonic() + FIRST_REQUEST_GRACE_S)
 
     # -- the request loop -------------------------------------------------------------
     def _process(self) -> None:
@@ -103,7 +120,7 @@ class HTTPConnection:
             return
         self._processing = True
         try:
-            while self.state in (HEAD, BODY):
+            while self.state in (HEAD, BODY) and not self._draining:
                 if self.state == HEAD:
                     req = self.parser.read_head()
                     if req is None:
@@ -190,6 +207,7 @@ class HTTPConnection:
 
     def _call(self, handler: Any, msg: ServerMessage, path: str, query: Optional[str]) -> None:
         callback, user_data = handler[0], handler[1]
+        last_callback.value = callback
         try:
             callback(self.server, msg, path, parse_query(query), user_data)
         except Exception:
@@ -322,7 +340,26 @@ class HTTPConnection:
             return
         self.state = HEAD
         self.phase = 0
-        self.deadline = time.monotonic() + self.server.idle_timeout
+        # A pipelined request already begun has request_timeout for its head; else idle.
+        self._idle = not self.parser.has_data
+        self.deadline = time.monotonic() + (self.server.idle_timeout if self._idle
+                                            else self.server.request_timeout)
+        if self.transport.get_write_buffer_size() > PIPELINE_HIGH_WATER:
+            self._draining = True  # reading stays paused; write_drained() carries on
+            return
+        self.transport.resume_reading()
+        if self.parser.has_data and not self._processing:
+            self._process()
+
+    def write_drained(self) -> None:
+        """The transport sent everything queued: read the next request if we waited."""
+        if not self._draining:
+            return
+        self._draining = False
+        if self.state != HEAD:
+            return
+        self.deadline = time.monotonic() + (self.server.idle_timeout if self._idle
+                                            else self.server.request_timeout)
         self.transport.resume_reading()
         if self.parser.has_data and not self._processing:
             self._process()

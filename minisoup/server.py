@@ -13,7 +13,7 @@ from .handshake import HandshakeError, server_handshake
 from .http import _check_text
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
-from .signals import SignalEmitter, current_callback
+from .signals import SignalEmitter, last_callback
 from .websocket import WebsocketConnection, WebsocketConnectionType
 
 log = logging.getLogger("minisoup")
@@ -476,7 +476,7 @@ class Server(SignalEmitter):
         transport.set_protocol(ws)
         self._access_log(msg, 0)
         self.emit("request-finished", msg)
-        current_callback[0] = callback
+        last_callback.value = callback
         try:
             callback(self, msg, msg.get_uri().path, ws, user_data)
         except Exception:

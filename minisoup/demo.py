@@ -1,0 +1,87 @@
+"""The built-in demo app of ``python -m minisoup``: a page at ``/`` talking to an echo at ``/echo``.
+
+Also ``/worker``: a plain-text line naming the worker and pid that answered (handy to
+watch the pre-fork workers share the load, and for tests).
+"""
+
+import os
+from typing import Any, Optional
+
+from .websocket import WebsocketConnection, WebsocketDataType
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>minisoup WebSocket echo</title>
+<style>
+  body { font-family: sans-serif; max-width: 40em; margin: 2em auto; }
+  #log { border: 1px solid #ccc; height: 20em; overflow-y: auto; padding: .5em;
+         font-family: monospace; white-space: pre-wrap; }
+  .sent { color: #06c; } .received { color: #080; } .status { color: #888; }
+</style>
+</head>
+<body>
+<h1>minisoup WebSocket echo</h1>
+<form id="form"><input id="text" size="40" autocomplete="off" autofocus
+  placeholder="type a message, press Enter"> <button>Send</button></form>
+<div id="log"></div>
+<script>
+const log = document.getElementById("log");
+function show(text, cls) {
+  const line = document.createElement("div");
+  line.className = cls;
+  line.textContent = text;
+  log.appendChild(line);
+  log.scrollTop = log.scrollHeight;
+}
+const ws = new WebSocket("ws://" + location.host + "/echo");
+ws.onopen = () => show("connected", "status");
+ws.onmessage = (event) => show("< " + event.data, "received");
+ws.onclose = (event) => show("closed (" + event.code + ")", "status");
+ws.onerror = () => show("error", "status");
+document.getElementById("form").onsubmit = (event) => {
+  event.preventDefault();
+  const input = document.getElementById("text");
+  if (input.value && ws.readyState === WebSocket.OPEN) {
+    ws.send(input.value);
+    show("> " + input.value, "sent");
+    input.value = "";
+  }
+};
+</script>
+</body>
+</html>
+"""
+
+
+def register(server: Any) -> None:
+    """Add the demo's handlers to ``server``: ``/`` (HTML), ``/echo`` (WebSocket), ``/worker``."""
+    server.add_handler("/", _page)
+    server.add_websocket_handler("/echo", None, None, _echo)
+    server.add_handler("/worker", _worker)
+
+
+def _page(server: Any, msg: Any, path: str, query: Optional[dict], user_data: Any) -> None:
+    if path != "/":
+        msg.set_status(404)
+        msg.set_response("text/plain; charset=utf-8", "Not Found\n")
+        return
+    msg.set_status(200)
+    msg.set_response("text/html; charset=utf-8", PAGE)
+
+
+def _echo(server: Any, msg: Any, path: str, connection: WebsocketConnection,
+          user_data: Any) -> None:
+    connection.connect("message", _echo_message)
+
+
+def _echo_message(connection: WebsocketConnection, data_type: WebsocketDataType,
+                  data: Any) -> None:
+    connection.send_message(data_type, data)
+
+
+def _worker(server: Any, msg: Any, path: str, query: Optional[dict], user_data: Any) -> None:
+    msg.set_status(200)
+    msg.set_response("text/plain; charset=utf-8",
+                     "worker %d pid %d\n" % (server.get_worker_id(), os.getpid()))

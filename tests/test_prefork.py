@@ -1,0 +1,300 @@
+"""End-to-end tests of the pre-fork master and workers, as real processes.
+
+Each test starts ``python -m minisoup prefork_apps:... --workers N`` in its own
+session and SIGKILLs the whole process group afterwards, even when the test fails.
+"""
+
+import collections
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import minisoup  # noqa: E402
+from prefork_apps import BURST_MESSAGES  # noqa: E402
+from serverproc import ClientLoop, MinisoupProcess, http_get  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc"),
+                                reason="pre-fork needs fork() and /proc (Linux)")
+
+
+@pytest.fixture
+def server_process():
+    started = []
+
+    def start(app="prefork_apps:whoami", workers=2, args=(), ready=None):
+        proc = MinisoupProcess(app, workers=workers, args=args)
+        started.append(proc)
+        return proc.start(workers_ready=workers if ready is None else ready)
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def whoami(port, count):
+    """Open ``count`` WebSockets to /whoami and keep them; returns (connections, ids, pids)."""
+    connections, ids, pids = [], [], []
+    for _ in range(count):
+        conn = minisoup.websocket_connect("ws://127.0.0.1:%d/whoami" % port, timeout=5)
+        connections.append(conn)
+        worker_id, pid = conn.recv(timeout=5)[1].split()
+        ids.append(int(worker_id))
+        pids.append(int(pid))
+    return connections, ids, pids
+
+
+def close_all(connections):
+    for conn in connections:
+        conn.sock.close()
+
+
+def test_two_workers_both_serve(server_process):
+    proc = server_process(workers=2)
+    connections, ids, pids = whoami(proc.port, 12)
+    try:
+        assert set(ids) == {1, 2}
+        assert set(pids) == set(proc.live_workers())
+        assert proc.pid not in pids
+        assert "worker" in http_get(proc.port, "/worker")
+    finally:
+        close_all(connections)
+
+
+def test_killed_worker_is_replaced_and_no_connection_refused(server_process):
+    proc = server_process(workers=2)
+    before = proc.live_workers()
+    loop = ClientLoop(proc.port)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not loop.pids and time.monotonic() < deadline:
+            time.sleep(0.01)
+        victim = loop.pids[-1]  # the worker answering right now
+        time.sleep(0.3)
+        os.kill(victim, signal.SIGKILL)
+        after = proc.wait_workers(lambda pids: len(pids) == 2 and victim not in pids,
+                                  what="replacement after SIGKILL")
+        time.sleep(1.5)  # keep connecting while the new worker settles in
+    finally:
+        loop.stop()
+    new = set(after) - set(before)
+    assert len(new) == 1, (before, after)
+    proc.wait_log(r"worker \d \(pid %d\) was killed by SIGKILL" % victim)
+    assert loop.refused == 0
+    # Only the connection the dead worker held at that instant may be lost.
+    assert len(loop.errors) <= 1, loop.errors
+    assert loop.ok > 50
+    proc.assert_no_zombies()
+
+
+def test_sigterm_flushes_queued_messages_then_1001(server_process):
+    proc = server_process(workers=2, args=["--graceful-timeout", "5"])
+    clients = [minisoup.websocket_connect("ws://127.0.0.1:%d/burst" % proc.port, timeout=5)
+               for _ in range(4)]
+    try:
+        for conn in clients:
+            # "start" arrived: the handler that queued the whole burst has begun, and a
+            # signal is handled only after it returns.
+            assert conn.recv(timeout=5)[1] == "start"
+        signaled = time.monotonic()
+        proc.send(signal.SIGTERM)
+        for conn in clients:
+            received = 0
+            with pytest.raises(minisoup.ConnectionClosed):
+                while True:
+                    kind, data = conn.recv(timeout=5)
+                    assert data.startswith("%d " % received)
+                    received += 1
+            assert received == BURST_MESSAGES
+            assert conn.get_close_code() == 1001
+        assert proc.wait_exit(5) == 0
+        assert time.monotonic() - signaled < 5
+    finally:
+        close_all(clients)
+    proc.wait_log(r"master pid \d+: stopped")
+
+
+def test_ttin_ttou_change_the_worker_count(server_process):
+    proc = server_process(workers=2)
+    proc.send(signal.SIGTTIN)
+    three = proc.wait_workers(lambda pids: len(pids) == 3, what="SIGTTIN")
+    proc.wait_log(r"worker 3 ready")
+    connections, ids, pids = whoami(proc.port, 30)
+    try:
+        assert set(ids) == {1, 2, 3}
+        assert set(pids) == set(three)
+    finally:
+        close_all(connections)
+    for _ in range(3):  # the third one must leave one worker running
+        proc.send(signal.SIGTTOU)
+        time.sleep(0.05)
+    one = proc.wait_workers(lambda pids: len(pids) == 1, what="SIGTTOU")
+    proc.wait_log(r"SIGTTOU ignored: already down to one worker")
+    proc.wait_log(r"worker 3 \(pid \d+\) exited with status 0")
+    time.sleep(0.3)
+    assert proc.live_workers() == one
+    assert "worker 1 pid %d" % one[0] in http_get(proc.port, "/worker")
+    proc.assert_no_zombies()
+
+
+def test_sighup_replaces_every_worker_without_refusing(server_process):
+    proc = server_process(workers=2)
+    old = proc.live_workers()
+    loop = ClientLoop(proc.port)
+    loop.start()
+    try:
+        time.sleep(0.3)
+        proc.send(signal.SIGHUP)
+        new = proc.wait_workers(lambda pids: len(pids) == 2 and not set(pids) & set(old),
+                                what="SIGHUP replacement")
+        time.sleep(0.3)
+    finally:
+        loop.stop()
+    assert loop.refused == 0
+    # Graceful replacement: not even the connections in flight are lost.
+    assert loop.errors == []
+    assert set(loop.pids) & set(new), "the new workers served"
+    assert proc.count_log(r"stopping worker \d \(pid \d+\) gracefully: replaced by") == 2
+    assert proc.live_workers() == new
+    proc.assert_no_zombies()
+
+
+def test_crash_loop_backs_off(server_process):
+    proc = server_process(app="prefork_apps:crash_at_start", workers=2, ready=0)
+    time.sleep(2.5)
+    forks = proc.count_log(r"master: booted worker")
+    # Without the back-off this would be thousands of forks; with it (0.1 s doubling):
+    # a handful.
+    assert 3 <= forks <= 12, forks
+    assert proc.count_log(r"waiting [\d.]+ s before forking again") >= 2
+    assert proc.count_log(r"worker \d \(pid \d+\) exited with status 3") >= 2
+    proc.assert_no_zombies()
+    started = time.monotonic()
+    proc.send(signal.SIGTERM)
+    assert proc.wait_exit(5) == 0
+    assert time.monotonic() - started < 2
+
+
+def test_sigquit_stops_at_once(server_process):
+    proc = server_process(workers=2)
+    connections, _ids, _pids = whoami(proc.port, 4)
+    try:
+        started = time.monotonic()
+        proc.send(signal.SIGQUIT)
+        assert proc.wait_exit(5) == 0
+        assert time.monotonic() - started < 1.5
+        for conn in connections:
+            with pytest.raises(minisoup.ConnectionClosed):
+                conn.recv(timeout=2)
+    finally:
+        close_all(connections)
+
+
+def test_least_connections_balance(server_process):
+    """4 workers, 400 concurrent WebSockets: no worker above 1.5x its fair share."""
+    workers, total, threads = 4, 400, 8
+    proc = server_process(workers=workers, args=["--log-level", "warning"], ready=0)
+    # Log level warning keeps 400 access lines out of the way; wait for the workers
+    # through /proc instead of their "ready" lines.
+    proc.wait_workers(lambda pids: len(pids) == workers, what="4 workers")
+    time.sleep(0.2)
+    results = []
+    errors = []
+    lock = threading.Lock()
+
+    def open_some(n):
+        try:
+            got = whoami(proc.port, n)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+            return
+        with lock:
+            results.append(got)
+
+    pool = [threading.Thread(target=open_some, args=(total // threads,)) for _ in range(threads)]
+    try:
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(20)
+        assert not errors, errors[:3]
+        per_worker = collections.Counter(i for _c, ids, _p in results for i in ids)
+        assert sum(per_worker.values()) == total
+        print("connections per worker:", dict(sorted(per_worker.items())))
+        fair = total / workers
+        assert set(per_worker) == set(range(1, workers + 1))
+        assert max(per_worker.values()) <= 1.5 * fair, per_worker
+    finally:
+        for connections, _ids, _pids in results:
+            close_all(connections)
+
+
+def test_graceful_stop_finishes_inflight_http_and_forces_after_timeout(server_process):
+    proc = server_process(app="prefork_apps:slow", workers=2, args=["--graceful-timeout", "2"])
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(http_get(proc.port, "/slow")))
+    slow.start()
+    # A client that never finishes its request head: only the timeout ends it.
+    stuck = socket.create_connection(("127.0.0.1", proc.port))
+    try:
+        stuck.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        proc.wait_log(r"slow request paused")
+        started = time.monotonic()
+        proc.send(signal.SIGTERM)
+        slow.join(5)
+        assert answers and answers[0].startswith("slow answer from worker")
+        assert proc.wait_exit(5) == 0
+        elapsed = time.monotonic() - started
+        assert 1.5 < elapsed < 3.5, elapsed
+    finally:
+        stuck.close()
+
+
+def test_stuck_worker_is_killed_after_worker_timeout(server_process):
+    proc = server_process(app="prefork_apps:slow", workers=2, args=["--worker-timeout", "2"])
+    before = proc.live_workers()
+    hung = socket.create_connection(("127.0.0.1", proc.port))
+    try:
+        hung.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        line = proc.wait_log(r"worker (\d) \(pid (\d+)\) timed out: no heartbeat", timeout=5)
+        victim = int(re.search(r"\(pid (\d+)\)", line).group(1))
+        assert victim in before
+        after = proc.wait_workers(lambda pids: len(pids) == 2 and victim not in pids,
+                                  what="replacement of the stuck worker")
+        assert len(set(after) - set(before)) == 1
+        proc.wait_log(r"\(pid %d\) was killed by SIGKILL" % victim)
+        assert "worker" in http_get(proc.port, "/worker")
+    finally:
+        hung.close()
+    proc.assert_no_zombies()
+
+
+def test_workers_leave_when_the_master_dies(server_process):
+    proc = server_process(workers=2)
+    workers = proc.live_workers()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait_exit(5)
+    deadline = time.monotonic() + 5
+    while True:
+        alive = [pid for pid in workers if _running(pid)]
+        if not alive:
+            break
+        assert time.monotonic() < deadline, "workers outlived their master: %s" % alive
+        time.sleep(0.05)
+    proc.wait_log(r"master \(pid %d\) is gone: stopping" % proc.pid)
+
+
+def _running(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
