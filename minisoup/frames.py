@@ -461,21 +461,23 @@ class Utf8Validator:
     a sequence cut at the end is only an error when ``final`` is true.
     """
 
-    __slots__ = ("_decoder", "_parts")
+    # The decoder only validates; the bytes are kept in one bytearray and decoded once at
+    # the end. Keeping each fragment's decoded str instead let a peer sending a message as
+    # 1-character fragments pin ~80 bytes of objects per byte of the size limit.
+    __slots__ = ("_decoder", "_data")
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
-        self._parts = []  # type: List[str]
+        self._data = bytearray()
 
     def feed(self, data: BytesLike, final: bool) -> None:
         """Decode the next fragment; ``final`` marks the message's last one."""
         try:
-            text = self._decoder.decode(data, final)
+            self._decoder.decode(data, final)
         except UnicodeDecodeError as exc:
             raise ProtocolError(CloseCode.BAD_DATA,
                                 "invalid UTF-8 in text message: %s" % exc.reason) from None
-        if text:
-            self._parts.append(text)
+        self._data += data
         if not final and data and data[-1] & 0x80:
             self._check_pending()
 
@@ -490,11 +492,13 @@ class Utf8Validator:
 
     def result(self) -> str:
         """The whole decoded text so far; resets the validator for reuse."""
-        text = "".join(self._parts)
+        data = self._data
+        pending = len(self._decoder.getstate()[0])  # a sequence cut at the end so far
+        text = (data[:len(data) - pending] if pending else data).decode("utf-8")
         self.reset()
         return text
 
     def reset(self) -> None:
         """Forget any partial message."""
         self._decoder.reset()
-        self._parts = []
+        self._data = bytearray()

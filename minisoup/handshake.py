@@ -159,8 +159,9 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
         raise _bad_request("Invalid WebSocket key: Sec-WebSocket-Key must be base64 of 16 bytes")
 
     if origin is not None:
-        # Whole-string, case-insensitive, no normalisation: as libsoup.
-        request_origin = headers.get_one("Origin")
+        # Whole-string, case-insensitive, no normalisation: as libsoup. Every Origin field
+        # takes part (comma-joined), so a second one cannot smuggle a foreign origin past.
+        request_origin = headers.get_list("Origin")
         if request_origin is None or request_origin.lower() != origin.lower():
             raise HandshakeError(HTTPStatus.FORBIDDEN, "Incorrect WebSocket Origin header")
 

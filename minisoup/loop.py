@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, List, Optional
 
+from .signals import last_callback
+
 log = logging.getLogger("minisoup")
 
 READ_SIZE = 262144           # one recv(); large so a 1 MiB frame takes few calls
@@ -26,6 +28,15 @@ SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is l
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 _monotonic = time.monotonic
+
+
+def _callback_name(callback: Any) -> str:
+    """``module.qualname`` of a function or bound method, else its repr."""
+    name = getattr(callback, "__qualname__", None)
+    if name is None:
+        return repr(callback)
+    module = getattr(callback, "__module__", None)
+    return "%s.%s" % (module, name) if module else name
 
 
 class Handle:
@@ -69,6 +80,12 @@ class Loop:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, _EVENT_READ, self._on_wakeup)
         self.slow_callback_s = SLOW_CALLBACK_S
+        # Hot path: one receive buffer for every socket of this (single-threaded) loop.
+        # sock.recv(READ_SIZE) would malloc a fresh 256 KiB bytes per call, above glibc's
+        # mmap threshold: mmap + mremap + munmap for every read (strace: three syscalls
+        # per keep-alive HTTP request), plus fresh pages for big reads.
+        self._recv_buf = bytearray(READ_SIZE)
+        self._recv_view = memoryview(self._recv_buf)
 
     time = staticmethod(_monotonic)
 
@@ -202,7 +219,11 @@ class Loop:
             for _ in range(len(ready)):
                 handle = ready.popleft()
                 if not handle.cancelled:
-                    run_callback(handle._run, ())
+                    # Handle._run inlined: the slow-callback warning then names the
+                    # scheduled callback, not "Handle._run".
+                    callback, args = handle._callback, handle._args
+                    handle.cancel()
+                    run_callback(callback, args)
 
     def _prune_timers(self) -> None:
         # Cancelled keep-alive and timeout timers would otherwise pile up in the heap.
@@ -213,14 +234,19 @@ class Loop:
 
     def _run_callback(self, callback: Callable, args: tuple) -> None:
         start = _monotonic()
+        last_callback.value = None
         try:
             callback(*args)
         except Exception:
             log.exception("unhandled exception in loop callback %r", callback)
         elapsed = _monotonic() - start
         if elapsed > self.slow_callback_s:
-            log.warning("callback %r blocked the loop for %.3f s (other connections of "
-                        "this worker waited)", getattr(callback, "__qualname__", callback), elapsed)
+            # A socket event is only the way in: name the handler or signal callback that
+            # ran last within it, which is almost always the one that blocked.
+            user = last_callback.value
+            log.warning("callback %s blocked the loop for %.3f s (other connections of "
+                        "this worker waited)%s", _callback_name(callback), elapsed,
+                        "; last handler run: %s" % _callback_name(user) if user is not None else "")
 
     def close(self) -> None:
         """Release the selector and wake-up sockets."""
@@ -289,15 +315,19 @@ class SocketTransport:
     # -- reading ---------------------------------------------------------------
     def pause_reading(self) -> None:
         """Stop reading (back-pressure); bytes wait in the kernel."""
+        # Hot path, lazy on purpose: only the flag changes here, and the selector stops
+        # watching the socket when a read event arrives while paused (``_on_events``).
+        # An HTTP request pauses and resumes reading within one callback; done eagerly
+        # that cost four epoll_ctl calls per keep-alive request (tools/profile_ws.py --http).
         if self._reading and not self._closed:
             self._reading = False
-            self._set_events(self._events & ~_EVENT_READ)
 
     def resume_reading(self) -> None:
         """Read again after :meth:`pause_reading`."""
         if not self._reading and not self._closed:
             self._reading = True
-            self._set_events(self._events | _EVENT_READ)
+            if not self._events & _EVENT_READ:
+                self._set_events(self._events | _EVENT_READ)
 
     def _set_events(self, events: int) -> None:
         if events == self._events:
@@ -314,18 +344,23 @@ class SocketTransport:
         if mask & _EVENT_WRITE:
             self._on_write()
         if mask & _EVENT_READ and not self._closed:
-            self._on_read()
+            if self._reading:
+                self._on_read()
+            else:
+                self._set_events(self._events & ~_EVENT_READ)  # the lazy pause, made real
 
     def _on_read(self) -> None:
+        loop = self._loop
         try:
-            data = self._sock.recv(READ_SIZE)
+            n = self._sock.recv_into(loop._recv_buf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal(exc)
             return
-        if data:
-            self._protocol.data_received(data)
+        if n:
+            # A copy of exactly what arrived: protocols may keep it.
+            self._protocol.data_received(loop._recv_view[:n].tobytes())
         else:
             self.pause_reading()
             self._protocol.eof_received()

@@ -2,10 +2,24 @@
 
 import itertools
 import logging
+import threading
 from typing import Any, Callable, Dict, List, Tuple
 
 log = logging.getLogger("minisoup")
 _ids = itertools.count(1)
+
+
+class _LastCallback(threading.local):
+    """The user callback called last in this thread (a handler or a signal callback),
+    recorded just before it runs, so that the loop's slow-callback warning can name it
+    instead of the socket event that led to it. Per thread: a blocking client in another
+    thread of the same process must not overwrite the server's record. One attribute
+    store per call: cheap on purpose (it is on the message path)."""
+
+    value = None  # type: Any
+
+
+last_callback = _LastCallback()
 
 
 class SignalEmitter:
@@ -48,6 +62,7 @@ class SignalEmitter:
         if not handlers:
             return
         for _id, callback, user_data in list(handlers):
+            last_callback.value = callback
             try:
                 callback(self, *args, *user_data)
             except Exception as exc:

@@ -117,7 +117,7 @@ class WebsocketConnection(SignalEmitter):
         self._sent_close = False
         self._received_close = False
         self._msg_type = 0
-        self._msg_parts = None  # type: Optional[list]
+        self._msg_parts = None  # type: Optional[bytearray]
         self._msg_size = 0
         self._msg_ext = None
         self._utf8 = None  # type: Optional[Utf8Validator]
@@ -310,7 +310,9 @@ class WebsocketConnection(SignalEmitter):
                 self._deliver_whole(opcode, payload)
                 return
             self._msg_type = opcode
-            self._msg_parts = []
+            # One growing buffer, not a list of fragments: a peer sending a message as
+            # 1-byte (or empty) fragments must not pin ~50 bytes of objects per fragment.
+            self._msg_parts = bytearray()
             self._msg_size = 0
             self._msg_ext = None
             if rsv:
@@ -331,13 +333,13 @@ class WebsocketConnection(SignalEmitter):
                 self._utf8 = Utf8Validator()
             self._utf8.feed(payload, fin)
         else:
-            self._msg_parts.append(payload)
+            self._msg_parts += payload
         if fin:
             msg_type = self._msg_type
             if msg_type == _OP_TEXT:
                 data = self._utf8.result()
             else:
-                data = b"".join(self._msg_parts)
+                data = bytes(self._msg_parts)
             self._msg_type = 0
             self._msg_parts = None
             self._msg_ext = None
