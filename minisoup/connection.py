@@ -36,7 +36,7 @@ class HTTPConnection:
 
     __slots__ = ("server", "transport", "parser", "state", "msg", "request", "entry",
                  "phase", "deadline", "keep_alive", "remote", "local", "_processing",
-                 "_must_close", "_idle", "_draining", "__weakref__")
+                 "_must_close", "_idle", "_draining", "_send_mark", "__weakref__")
 
     def __init__(self, server: Any, transport: Any, remote: Any, local: Any) -> None:
         self.server = server
@@ -56,6 +56,7 @@ class HTTPConnection:
         # client, so the header deadline starts now.
         self.deadline = time.monotonic() + server.request_timeout
         self._idle = False  # True between keep-alive requests: the deadline is idle_timeout's
+        self._send_mark = None  # (bytes queued, since when) while a response waits to be read
         self._draining = False  # waiting for the peer to read a response (back-pressure)
 
     # -- protocol interface -----------------------------------------------------
@@ -94,6 +95,24 @@ class HTTPConnection:
         return self.msg is None and not self.parser.has_data
 
     def check_deadline(self, now: float) -> None:
+        buffered = self.transport.get_write_buffer_size()
+        if buffered:
+            # A client that stops reading its response holds a buffer: cut it once no
+            # byte has left for idle_timeout (a slow but moving reader is left alone).
+            mark = self._send_mark
+            if mark is None or buffered < mark[0]:
+                self._send_mark = (buffered, now)
+            elif now - mark[1] > self.server.idle_timeout:
+                log.info("closing connection from %s: response not read for %g s (%d bytes "
+                         "queued)", _addr(self.remote), self.server.idle_timeout, buffered)
+                self.transport.abort()
+                return
+            # Still sending: the idle and header clocks start once the response is out.
+            if self._idle:
+                self.deadline = max(self.deadline, now + self.server.idle_timeout)
+            return
+        elif self._send_mark is not None:
+            self._send_mark = None
         if self.state in (HEAD, BODY) and now > self.deadline and not self._draining:
             if self.msg is None and not self.parser.has_data:
                 log.debug("closing idle connection from %s", _addr(self.remote))

@@ -80,12 +80,6 @@ class Loop:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, _EVENT_READ, self._on_wakeup)
         self.slow_callback_s = SLOW_CALLBACK_S
-        # Hot path: one receive buffer for every socket of this (single-threaded) loop.
-        # sock.recv(READ_SIZE) would malloc a fresh 256 KiB bytes per call, above glibc's
-        # mmap threshold: mmap + mremap + munmap for every read (strace: three syscalls
-        # per keep-alive HTTP request), plus fresh pages for big reads.
-        self._recv_buf = bytearray(READ_SIZE)
-        self._recv_view = memoryview(self._recv_buf)
 
     time = staticmethod(_monotonic)
 
@@ -187,8 +181,8 @@ class Loop:
         self._stopping = True
 
     def run(self) -> None:
-        """Run until :meth:`stop` is called."""
-        self._stopping = False
+        """Run until :meth:`stop` is called (a stop requested before ``run`` makes it return
+        at once, so a stop from another thread cannot be lost in a race with the start)."""
         select = self._selector.select
         ready = self._ready
         timers = self._timers
@@ -224,6 +218,7 @@ class Loop:
                     callback, args = handle._callback, handle._args
                     handle.cancel()
                     run_callback(callback, args)
+        self._stopping = False
 
     def _prune_timers(self) -> None:
         # Cancelled keep-alive and timeout timers would otherwise pile up in the heap.
@@ -341,26 +336,29 @@ class SocketTransport:
         self._events = events
 
     def _on_events(self, mask: int) -> None:
-        if mask & _EVENT_WRITE:
-            self._on_write()
-        if mask & _EVENT_READ and not self._closed:
-            if self._reading:
-                self._on_read()
-            else:
-                self._set_events(self._events & ~_EVENT_READ)  # the lazy pause, made real
+        try:
+            if mask & _EVENT_WRITE:
+                self._on_write()
+            if mask & _EVENT_READ and not self._closed:
+                if self._reading:
+                    self._on_read()
+                else:
+                    self._set_events(self._events & ~_EVENT_READ)  # the lazy pause, made real
+        except Exception:
+            # A bug in a protocol object must not leave a connection open and wedged.
+            log.exception("internal error on a connection; closing it")
+            self.abort()
 
     def _on_read(self) -> None:
-        loop = self._loop
         try:
-            n = self._sock.recv_into(loop._recv_buf)
+            data = self._sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal(exc)
             return
-        if n:
-            # A copy of exactly what arrived: protocols may keep it.
-            self._protocol.data_received(loop._recv_view[:n].tobytes())
+        if data:
+            self._protocol.data_received(data)
         else:
             self.pause_reading()
             self._protocol.eof_received()

@@ -25,6 +25,9 @@ def running(server, timeout=10.0):
     port = server.get_listeners()[0].getsockname()[1]
     thread = threading.Thread(target=server._serve, name="minisoup-test-server", daemon=True)
     thread.start()
+    deadline = time.monotonic() + timeout
+    while not (server._running and server._loop is not None) and time.monotonic() < deadline:
+        time.sleep(0.001)
     try:
         yield port
     finally:

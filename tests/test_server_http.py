@@ -358,3 +358,40 @@ def test_listen_variants_and_uris():
             conn.request("GET", "/")
             assert conn.getresponse().read() == b"v"
             conn.close()
+
+
+def test_client_that_never_reads_its_response_is_cut_after_idle_timeout(caplog):
+    server = minisoup.Server(idle_timeout=0.4)
+    server.add_handler(None, text_handler("x" * (16 << 20)))
+    with running(server) as port, caplog.at_level(logging.INFO, "minisoup"):
+        sock = raw_connect(port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")   # the response has begun
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and server._connection_count():
+            time.sleep(0.05)
+        assert server._connection_count() == 0
+        sock.close()
+    assert any("response not read" in r.getMessage() for r in caplog.records)
+
+
+def test_internal_error_closes_the_connection_and_the_worker_keeps_serving(monkeypatch, caplog):
+    from minisoup import connection
+    server = minisoup.Server()
+    server.add_handler(None, text_handler())
+    original = connection.HTTPConnection._start_request
+
+    def broken(self, req):
+        if req.target == "/bug":
+            raise RuntimeError("bug in the server")
+        return original(self, req)
+
+    monkeypatch.setattr(connection.HTTPConnection, "_start_request", broken)
+    with running(server) as port, caplog.at_level(logging.ERROR, "minisoup"):
+        sock = raw_connect(port)
+        sock.sendall(b"GET /bug HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert recv_until_closed(sock, timeout=3) == b""
+        sock.close()
+        assert get(port, "/fine")[0] == 200
+    assert any("internal error" in r.getMessage() for r in caplog.records)
