@@ -1,0 +1,619 @@
+"""minisoup's speed figures, each measured in the same run as its reference (``make bench``).
+
+    python3 tools/bench.py [--quick] [--only http,ws,deflate,prefork]
+
+1. HTTP keep-alive GET (12-byte body): minisoup (one process) against the stdlib's
+   ThreadingHTTPServer (Nagle off: its fair configuration); target minisoup >= 3x.
+2. WebSocket: (a) 64-byte echo messages/s over 50 connections against (b) a raw TCP echo
+   on the same minisoup Loop/SocketTransport (target >= 60%); (c) 1 MiB echo in MB/s
+   against (d) the speed of unmasking alone, minisoup.frames.apply_mask on 1 MiB (target
+   >= 80%), with both masking strategies by size; (e) handshakes/s.
+3. permessage-deflate: ~1 KiB JSON-like chat echo with and without it, and the bytes on
+   the wire per message.
+4. Pre-fork: 64-byte echo with run(workers=1) and run(workers=2); target >= 1.6x.
+
+Every server runs in its own process (tools/bench_servers.py), the load in others
+(tools/loadgen.py): pre-built requests and frames, one request or message in flight per
+connection (no pipelining), several connections per process on epoll. Each figure is
+measured over the same window in every load process, after a warm-up, in several rounds
+interleaved with its reference; the median round is reported.
+
+How to read the figures. On a small machine the server, the load generator and the
+kernel's loopback work share the cores, so each figure comes with the CPU each side used
+in the window, the server's CPU time per operation, and OTHER: CPU used meanwhile by
+processes outside the benchmark (other users). Each ratio is also given from server CPU
+time per operation, which does not depend on how many cores the server got. Where there
+are two CPUs, sections 1 and 2 are measured twice: processes free to move, and pinned
+(taskset-style) with the server on one CPU and the load on another. On a virtual machine
+the two placements can differ by 3x per message: sleeping and waking a process (a
+cross-CPU interrupt) is dear there, and how often that happens depends on placement.
+
+MB are 10**6 bytes. Every process started here is stopped (process groups,
+try/finally), whatever happens. Linux only (epoll, /proc, sched_setaffinity).
+tools/profile_ws.py shows where the server's time goes.
+"""
+
+import argparse
+import json
+import os
+import platform
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TOOLS)
+sys.path.insert(0, TOOLS)
+sys.path.insert(0, ROOT)
+
+import bench_mask  # noqa: E402  (tools/ is on the path above)
+
+SERVERS = os.path.join(TOOLS, "bench_servers.py")
+LOADGEN = os.path.join(TOOLS, "loadgen.py")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT_S = 30.0   # for a server to listen, for load processes to connect
+STOP_TIMEOUT_S = 10.0    # SIGTERM, then SIGKILL of the whole process group
+MiB = 1024 * 1024
+# glibc tunables that stop malloc from handing freed MiB-sized blocks back to the kernel
+# (and faulting fresh zeroed pages in for the next message): shown next to figure (c).
+MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(64 * MiB), "MALLOC_TRIM_THRESHOLD_": str(128 * MiB)}
+OTHER_CPU_NOTE = 0.10    # report other processes' CPU from 10% of a core
+
+# Targets from the issue, checked at the end of each section.
+TARGET_HTTP_RATIO = 3.0
+TARGET_WS_VS_RAW = 0.60
+TARGET_BIG_VS_MASK = 0.80
+TARGET_PREFORK = 1.6
+
+PROFILES = {
+    # rounds per figure (the median is reported), warm-up and measured seconds per round,
+    # bytes per masking timing
+    "full": {"rounds": 3, "warmup": 0.5, "duration": 2.0, "mask_budget": 32 * MiB},
+    "quick": {"rounds": 1, "warmup": 0.3, "duration": 0.8, "mask_budget": 4 * MiB},
+}
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``proc``, SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # also any forked worker left behind
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(STOP_TIMEOUT_S)
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of ``proc``'s stdout, or RuntimeError after ``timeout`` seconds."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise RuntimeError("no answer from %r within %g s" % (proc.args, timeout))
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError("%r exited (status %s)" % (proc.args, proc.wait()))
+    return line.decode().strip()
+
+
+def _descendants(pid: int) -> list:
+    """``pid`` and every process below it (the pre-fork workers)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def _cpu_seconds(pid: int) -> tuple:
+    """``(user, system)`` CPU seconds of one process (all its threads)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def _machine_busy() -> float:
+    """CPU seconds the machine has spent busy so far, all CPUs (/proc/stat: user, nice,
+    system, irq, softirq; a process's own times include the interrupts it ran)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = [int(v) for v in f.readline().split()[1:8]]
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+class ServerProcess:
+    """A bench server (tools/bench_servers.py) in its own process group."""
+
+    def __init__(self, kind: str, workers: int = 0, cpus: str = "", env: Optional[dict] = None) -> None:
+        self.label = kind + (" workers=%d" % workers if workers else "")
+        args = [sys.executable, SERVERS, kind]
+        if workers:
+            args += ["--workers", str(workers)]
+        if cpus:
+            args += ["--cpus", cpus]
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     start_new_session=True, cwd=ROOT,
+                                     env=dict(os.environ, **env) if env else None)
+        self.workers = workers
+        line = _readline(self.proc, START_TIMEOUT_S)
+        if not line.startswith("PORT "):
+            raise RuntimeError("server said %r" % line)
+        self.port = int(line.split()[1])
+
+    def pids(self) -> list:
+        return _descendants(self.proc.pid)
+
+    def cpu_by_pid(self) -> dict:
+        return {pid: _cpu_seconds(pid) for pid in self.pids()}
+
+    def log_lines(self) -> list:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace").splitlines()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _stop_group(self.proc)
+        finally:
+            self.proc.stdout.close()
+            self.stderr.close()
+
+
+class Result:
+    """One measured figure: the sum over the load processes, and the CPU split."""
+
+    def __init__(self, rows: list, seconds: float, server_cpu: dict, busy: float,
+                 loadgen_errors: list, server_log: list) -> None:
+        self.count = sum(r["count"] for r in rows)
+        self.rate = sum(r["count"] / r["seconds"] for r in rows if r["seconds"] > 0)
+        self.seconds = seconds
+        self.rx = sum(r["rx"] for r in rows)
+        self.tx = sum(r["tx"] for r in rows)
+        self.errors = sum(r["errors"] for r in rows)
+        self.loadgen_cpu = sum(r["cpu"] for r in rows) / seconds
+        self.server_cpu_each = sorted((sum(v) / seconds for v in server_cpu.values()),
+                                      reverse=True)
+        self.server_cpu = sum(sum(v) for v in server_cpu.values()) / seconds
+        # User time is the server's own code (Python); system time is the kernel's, and on
+        # a virtual machine also what sleeping and waking costs: the part that varies most.
+        self.server_user = sum(v[0] for v in server_cpu.values()) / seconds
+        # Whatever else ran on the machine meanwhile (other users' jobs): it took cores
+        # from this figure, so it is reported next to it.
+        self.other_cpu = max(0.0, busy / seconds - self.server_cpu - self.loadgen_cpu)
+        self.loadgen_errors = loadgen_errors
+        self.server_log = server_log
+
+    def cpu_us_per_op(self) -> float:
+        return self.server_cpu * self.seconds / self.count * 1e6 if self.count else float("nan")
+
+    def user_us_per_op(self) -> float:
+        return self.server_user * self.seconds / self.count * 1e6 if self.count else float("nan")
+
+    def cpu_text(self) -> str:
+        each = ""
+        if len([c for c in self.server_cpu_each if c > 0.02]) > 1:
+            each = " (%s)" % "+".join("%.0f" % (c * 100) for c in self.server_cpu_each if c > 0.02)
+        text = "server %3.0f%%%s, load %3.0f%%" % (self.server_cpu * 100, each,
+                                                    self.loadgen_cpu * 100)
+        if self.other_cpu >= OTHER_CPU_NOTE:
+            text += ", OTHER %.0f%%" % (self.other_cpu * 100)
+        return text
+
+    def notes(self) -> list:
+        out = []
+        if self.errors:
+            out.append("%d load connection(s) failed" % self.errors)
+        for line in self.loadgen_errors[:3]:
+            out.append("load: " + line)
+        if self.server_log:
+            out.append("server logged %d line(s), first: %s" % (len(self.server_log),
+                                                                self.server_log[0][:150]))
+        return out
+
+
+def run_load(server: ServerProcess, mode: str, procs: int, conns: int, timing: dict,
+             extra: tuple = (), cpus: str = "") -> Result:
+    """Drive ``server`` with ``procs`` load processes of ``conns`` connections each."""
+    args = [sys.executable, LOADGEN, mode, "--port", str(server.port), "--conns", str(conns)]
+    args += list(extra)
+    if cpus:
+        args += ["--cpus", cpus]
+    loads, errfiles = [], []
+    try:
+        for _ in range(procs):
+            err = tempfile.TemporaryFile()
+            errfiles.append(err)
+            loads.append(subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=err, start_new_session=True, cwd=ROOT))
+        for proc in loads:
+            line = _readline(proc, START_TIMEOUT_S)
+            if line != "READY":
+                raise RuntimeError("load generator said %r" % line)
+        start = time.monotonic() + timing["warmup"]
+        end = start + timing["duration"]
+        for proc in loads:
+            proc.stdin.write(("GO %r %r\n" % (start, end)).encode())
+            proc.stdin.flush()
+        time.sleep(max(0.0, start - time.monotonic()))
+        cpu0, busy0 = server.cpu_by_pid(), _machine_busy()
+        t0 = time.monotonic()
+        time.sleep(max(0.0, end - time.monotonic()))
+        cpu1, busy1 = server.cpu_by_pid(), _machine_busy()
+        seconds = time.monotonic() - t0
+        server_cpu = {pid: (cpu1[pid][0] - cpu0.get(pid, (0.0, 0.0))[0],
+                            cpu1[pid][1] - cpu0.get(pid, (0.0, 0.0))[1]) for pid in cpu1}
+        rows = []
+        for proc in loads:
+            rows.append(json.loads(_readline(proc, timing["duration"] + 20.0)))
+        load_log = []
+        for err in errfiles:
+            err.seek(0)
+            load_log += err.read().decode(errors="replace").splitlines()
+        return Result(rows, seconds, server_cpu, busy1 - busy0, load_log, server.log_lines())
+    finally:
+        for proc in loads:
+            _stop_group(proc)
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        for err in errfiles:
+            err.close()
+
+
+# -- measuring in rounds --------------------------------------------------------------------------------
+
+class Case:
+    """One figure to measure: which server to start and what load to put on it."""
+
+    def __init__(self, name: str, server: str, mode: str, procs: int, conns: int,
+                 extra: tuple = (), workers: int = 0, server_cpus: str = "",
+                 load_cpus: str = "", env: Optional[dict] = None) -> None:
+        self.name = name
+        self.server = server
+        self.mode = mode
+        self.procs = procs
+        self.conns = conns
+        self.extra = extra
+        self.workers = workers
+        self.server_cpus = server_cpus
+        self.load_cpus = load_cpus
+        self.env = env
+
+
+class Summary:
+    """The rounds of one case; the figure is the median round (a whole round, so that its
+    CPU columns belong to it)."""
+
+    def __init__(self, results: list) -> None:
+        self.results = sorted(results, key=lambda r: r.rate)
+        self.median = self.results[(len(self.results) - 1) // 2]
+        self.rate = self.median.rate
+
+    def spread(self, fmt: str = ",.0f") -> str:
+        if len(self.results) < 2:
+            return "1 run"
+        return "median of %d, %s-%s" % (len(self.results), format(self.results[0].rate, fmt),
+                                         format(self.results[-1].rate, fmt))
+
+    def notes(self) -> list:
+        seen, out = set(), []
+        for result in self.results:
+            for note in result.notes():
+                if note not in seen:
+                    seen.add(note)
+                    out.append(note)
+        return out
+
+
+def measure(cases: list, timing: dict) -> dict:
+    """Run every case ``timing["rounds"]`` times, interleaved (A B, B A, A B, ...) so that
+    a slow spell of the machine hits both sides of a comparison."""
+    results = {case.name: [] for case in cases}
+    for round_no in range(timing["rounds"]):
+        order = cases if round_no % 2 == 0 else cases[::-1]
+        for case in order:
+            with ServerProcess(case.server, case.workers, case.server_cpus, case.env) as server:
+                results[case.name].append(run_load(server, case.mode, case.procs, case.conns,
+                                                   timing, case.extra, case.load_cpus))
+    return {name: Summary(runs) for name, runs in results.items()}
+
+
+# -- report helpers ---------------------------------------------------------------------------------
+
+def verdict(value: float, target: float) -> str:
+    return "MET" if value >= target else "MISSED"
+
+
+def line(label: str, value: str, detail: str = "") -> None:
+    print(("   %-40s %15s   %s" % (label, value, detail)).rstrip())
+
+
+def ratio_line(label: str, value: float, target: float, unit: str = "x",
+               cpu: Optional[float] = None) -> None:
+    """A ratio against its target. ``cpu`` is the same ratio computed from server CPU time
+    per operation instead of throughput: it does not depend on how many cores the server
+    got, so it is the steadier figure when other processes compete for the machine."""
+    def show(v: float) -> str:
+        return "%.2fx" % v if unit == "x" else "%.0f%%" % (v * 100)
+    goal = "%.1fx" % target if unit == "x" else "%.0f%%" % (target * 100)
+    text = "target >= %s: %s" % (goal, verdict(value, target))
+    if cpu is not None:
+        text += "  (by server CPU per operation: %s)" % show(cpu)
+    line(label, show(value), text)
+
+
+def detail(text: str) -> None:
+    print("        " + text)
+
+
+def measured(label: str, summary: Summary, unit: str, per_op: str = "msg",
+             value: str = "") -> None:
+    r = summary.median
+    line(label, value or "%s %s" % (format(summary.rate, ",.0f"), unit), "(%s)" % summary.spread())
+    detail("CPU: %s; per %s %.1f us server CPU, %.1f us of it user"
+           % (r.cpu_text(), per_op, r.cpu_us_per_op(), r.user_us_per_op()))
+    for note in summary.notes()[:4]:
+        detail("! " + note)
+
+
+# -- the sections --------------------------------------------------------------------------------------
+
+def _pinning() -> dict:
+    """Case options giving the server one CPU and the load generator another (taskset-style),
+    or {} where that is impossible (one CPU, or no sched_setaffinity)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return {}
+    if len(cpus) < 2:
+        return {}
+    return {"server_cpus": str(cpus[0]), "load_cpus": str(cpus[1])}
+
+
+PINNED = _pinning()
+PLACEMENTS = (("", "All processes free to run on every CPU"),
+              (" pinned", "Pinned: the server on one CPU, the load generator on another"))
+
+
+def placements() -> tuple:
+    """The placements each comparison is measured in (pinned only where possible)."""
+    return PLACEMENTS if PINNED else PLACEMENTS[:1]
+
+
+def bench_http(timing: dict) -> None:
+    procs, conns = 2, 16
+    print("1. HTTP keep-alive GET /hello, 12-byte body "
+          "(%d load processes x %d connections, 1 request in flight each)" % (procs, conns))
+    extra = ("--path", "/hello")
+    cases = []
+    for suffix, _where in placements():
+        pin = PINNED if suffix else {}
+        cases += [Case("minisoup" + suffix, "minisoup", "http", procs, conns, extra, **pin),
+                  Case("stdlib" + suffix, "stdlib", "http", procs, conns, extra, **pin)]
+    s = measure(cases, timing)
+    for suffix, where in placements():
+        print("   %s:" % where)
+        mini, std = s["minisoup" + suffix], s["stdlib" + suffix]
+        measured("minisoup Server, 1 process", mini, "req/s", "request")
+        measured("http.server.ThreadingHTTPServer", std, "req/s", "request")
+        ratio_line("ratio minisoup / stdlib", mini.rate / std.rate, TARGET_HTTP_RATIO,
+                   cpu=std.median.cpu_us_per_op() / mini.median.cpu_us_per_op())
+    # What the stdlib gives without disable_nagle_algorithm: one short run shows it.
+    nagle = measure([Case("nagle", "stdlib-nagle", "http", procs, conns, extra)],
+                    dict(timing, rounds=1))["nagle"]
+    print("   The stdlib server above sets disable_nagle_algorithm = True. Without it (its default):")
+    line("ThreadingHTTPServer, Nagle on", "%s req/s" % format(nagle.rate, ",.0f"),
+         "head and body are two writes: each body waits for the client's delayed ACK")
+    print()
+
+
+def bench_ws(timing: dict) -> None:
+    procs, conns = 2, 25
+    print("2. WebSocket (server: minisoup, 1 process; %d load processes x %d connections, "
+          "1 message in flight each, unless stated)" % (procs, conns))
+    ws_extra, raw_extra = ("--size", "64", "--path", "/echo"), ("--size", "64")
+    cases = []
+    for suffix, _where in placements():
+        pin = PINNED if suffix else {}
+        cases += [Case("ws" + suffix, "minisoup", "ws", procs, conns, ws_extra, **pin),
+                  Case("raw" + suffix, "raw-echo", "raw", procs, conns, raw_extra, **pin)]
+    s = measure(cases, timing)
+    for suffix, where in placements():
+        print("   %s:" % where)
+        ws, raw = s["ws" + suffix], s["raw" + suffix]
+        measured("(a) echo, 64-byte binary messages", ws, "msg/s")
+        measured("(b) raw TCP echo, 64 bytes, same Loop", raw, "msg/s")
+        ratio_line("(a) / (b)", ws.rate / raw.rate, TARGET_WS_VS_RAW, "%",
+                   cpu=raw.median.cpu_us_per_op() / ws.median.cpu_us_per_op())
+
+    big_conns = 4
+    big_extra = ("--size", str(MiB), "--path", "/big")
+    s = measure([Case("big", "minisoup", "ws", 1, big_conns, big_extra),
+                 Case("big-malloc", "minisoup", "ws", 1, big_conns, big_extra,
+                      env=MALLOC_KEEP)], timing)
+    big = s["big"]
+    big_mb = big.rate * MiB / 1e6
+    measured("(c) echo, 1 MiB binary messages", big, "", "MiB message",
+             value="%.0f MB/s" % big_mb)
+    detail("%.0f msg/s; 1 load process x %d connections" % (big.rate, big_conns))
+
+    mask_mb = bench_mask_table(timing)
+    line("(d) unmasking alone: apply_mask, 1 MiB", "%.0f MB/s" % mask_mb)
+    unmask_us = MiB / mask_mb
+    ratio_line("(c) / (d)", big_mb / mask_mb, TARGET_BIG_VS_MASK, "%",
+               cpu=unmask_us / big.median.cpu_us_per_op())
+    detail("server CPU per 1 MiB message %.0f us, of which unmasking %.0f us"
+           % (big.median.cpu_us_per_op(), unmask_us))
+    kept = s["big-malloc"]
+    measured("(c) again, glibc keeping freed memory", kept, "", "MiB message",
+             value="%.0f MB/s" % (kept.rate * MiB / 1e6))
+    detail("server env %s" % " ".join("%s=%s" % kv for kv in sorted(MALLOC_KEEP.items())))
+    detail("(each big message otherwise pays fresh pages: malloc gives freed MiBs back "
+           "to the kernel)")
+    line("(c) with that / (d)", "%.0f%%" % (kept.rate * MiB / 1e6 / mask_mb * 100),
+         "(by server CPU per operation: %.0f%%)" % (unmask_us / kept.median.cpu_us_per_op() * 100))
+
+    hs_procs = 4
+    hs = measure([Case("hs", "minisoup", "handshake", hs_procs, 1, ("--path", "/echo"))],
+                 timing)["hs"]
+    measured("(e) handshakes: connect, upgrade, close", hs, "/s", "handshake")
+    detail("%d load processes, one handshake at a time each" % hs_procs)
+    print()
+
+
+def bench_mask_table(timing: dict) -> float:
+    """Print both masking strategies by size; return apply_mask's MB/s on 1 MiB."""
+    sizes = (64, 1024, 64 * 1024, MiB)
+    funcs = (bench_mask.apply_mask_int, bench_mask.apply_mask_translate, bench_mask.apply_mask)
+    print("   masking in MB/s, best of %d (apply_mask uses translate from %d bytes):"
+          % (bench_mask.ROUNDS, bench_mask.MASK_STRATEGY_THRESHOLD))
+    print("   %12s %12s %12s %12s" % ("payload", "int XOR", "translate", "apply_mask"))
+    result = 0.0
+    for size in sizes:
+        data = os.urandom(size)
+        row = [bench_mask.throughput(f, data, bench_mask.ROUNDS, timing["mask_budget"])
+               for f in funcs]
+        if size >= MiB:
+            label = "%d MiB" % (size // MiB)
+        elif size >= 1024:
+            label = "%d KiB" % (size // 1024)
+        else:
+            label = "%d B" % size
+        best = "int" if row[0] >= row[1] else "translate"
+        print("   %12s %12.0f %12.0f %12.0f   faster: %s" % (label, row[0], row[1], row[2], best))
+        result = row[2]
+    return result
+
+
+def bench_deflate(timing: dict) -> None:
+    procs, conns, size, variety = 2, 25, 1024, 64
+    print("3. permessage-deflate: echo of %d-byte JSON-like chat text messages (%d different, "
+          "cycled), %d x %d connections" % (size, variety, procs, conns))
+    print("   The client sends pre-built frames compressed without context takeover; the server "
+          "uses its defaults")
+    print("   (context takeover, 12-bit window); the client inflates and checks every answer.")
+    extra = ("--size", str(size), "--chat", str(variety), "--path", "/echo")
+    s = measure([Case("plain", "minisoup", "ws", procs, conns, extra),
+                 Case("deflate", "minisoup", "ws", procs, conns, extra + ("--deflate",))], timing)
+    measured("without the extension", s["plain"], "msg/s")
+    measured("with permessage-deflate", s["deflate"], "msg/s")
+    plain, comp = s["plain"].median, s["deflate"].median
+    for r, label in ((plain, "without"), (comp, "with")):
+        line("wire bytes per message, %s" % label,
+             "%.0f B" % (r.rx / r.count if r.count else 0),
+             "server -> client, frame header included; client -> server %.0f B"
+             % (r.tx / r.count if r.count else 0))
+    if plain.count and comp.count:
+        line("with / without", "%.2fx msg/s" % (s["deflate"].rate / s["plain"].rate),
+             "%.2fx bytes server -> client, %.2fx client -> server"
+             % ((comp.rx / comp.count) / (plain.rx / plain.count),
+                (comp.tx / comp.count) / (plain.tx / plain.count)))
+    print()
+
+
+def prefork_ready() -> bool:
+    path = os.path.join(ROOT, "minisoup", "prefork.py")
+    try:
+        with open(path) as f:
+            return "class Arbiter" in f.read()
+    except OSError:
+        return False
+
+
+def bench_prefork(timing: dict) -> None:
+    procs, conns = 2, 25
+    print("4. Pre-fork: 64-byte WebSocket echo, %d load processes x %d connections"
+          % (procs, conns))
+    if not prefork_ready():
+        print("   skipped: minisoup/prefork.py (Arbiter) is not there yet")
+        print()
+        return
+    extra = ("--size", "64", "--path", "/echo")
+    cases = [Case("w1", "minisoup", "ws", procs, conns, extra, workers=1),
+             Case("w2", "minisoup", "ws", procs, conns, extra, workers=2)]
+    if PINNED:
+        cases.append(Case("w1 pinned", "minisoup", "ws", procs, conns, extra, workers=1, **PINNED))
+    s = measure(cases, timing)
+    measured("run(workers=1)", s["w1"], "msg/s")
+    measured("run(workers=2)", s["w2"], "msg/s")
+    ratio_line("workers=2 / workers=1", s["w2"].rate / s["w1"].rate, TARGET_PREFORK)
+    if PINNED:
+        measured("workers=1, server and load pinned apart", s["w1 pinned"], "msg/s")
+    w1, w2 = s["w1"].median, s["w2"].median
+    ncpu = os.cpu_count() or 1
+    if w2.rate:
+        # Server and load generator share the machine: when every core is busy, one
+        # message costs this much CPU in all, which caps the rate whatever the workers.
+        per_msg = (w2.server_cpu + w2.loadgen_cpu) / w2.rate
+        cap = ncpu / per_msg
+        print("   Why: the load generator shares the same %d CPUs. With workers=2 one message "
+              "cost %.1f us of server" % (ncpu, w2.cpu_us_per_op()))
+        print("   CPU and %.1f us of load-generator CPU (kernel loopback work included): %d fully "
+              "busy CPUs cap" % (w2.loadgen_cpu / w2.rate * 1e6, ncpu))
+        print("   the rate at %s msg/s, %.2fx workers=1, before any other process takes its share."
+              % (format(cap, ",.0f"), cap / w1.rate if w1.rate else 0.0))
+    print()
+
+
+SECTIONS = {"http": bench_http, "ws": bench_ws, "deflate": bench_deflate, "prefork": bench_prefork}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short windows, 1 round (about 30 s)")
+    parser.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
+    args = parser.parse_args()
+    timing = PROFILES["quick" if args.quick else "full"]
+    wanted = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    unknown = set(wanted) - set(SECTIONS)
+    if unknown:
+        parser.error("unknown section(s): %s" % ", ".join(sorted(unknown)))
+
+    began = time.monotonic()
+    print("minisoup benchmarks: CPython %s on %s, %d CPU(s), load average %.2f at start"
+          % (platform.python_version(), platform.system(), os.cpu_count() or 1,
+             os.getloadavg()[0]))
+    print("%s run: %d round(s) of %.1f s warm-up + %.1f s measured per figure, interleaved; "
+          "the median round is shown." % ("quick" if args.quick else "full", timing["rounds"],
+                                           timing["warmup"], timing["duration"]))
+    print("CPU is in % of one core over the measured window; OTHER is what processes outside "
+          "the benchmark used meanwhile")
+    print("(other users of this machine: it slows the figures down and makes them noisy).")
+    print()
+    for name in wanted:
+        SECTIONS[name](timing)
+    print("done in %.0f s" % (time.monotonic() - began))
+
+
+if __name__ == "__main__":
+    main()

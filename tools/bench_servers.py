@@ -1,0 +1,169 @@
+"""The servers tools/bench.py measures, one per process.
+
+    python3 tools/bench_servers.py KIND [--workers N] [--cpus 0]
+
+Prints ``PORT <n>`` once listening on 127.0.0.1 (a free port), then serves until
+SIGTERM. KIND:
+  minisoup  minisoup.Server: ``GET /hello`` answers a 12-byte body; WebSocket echo at
+            ``/echo`` (default limits) and ``/big`` (no size limits, for 1 MiB
+            messages); permessage-deflate offered (the default). ``--workers N`` serves
+            with ``run(workers=N)`` (pre-fork), else ``run()`` in this process.
+  stdlib    http.server.ThreadingHTTPServer answering ``GET /hello`` the same way,
+            HTTP/1.1 keep-alive, ``disable_nagle_algorithm = True``;
+  stdlib-nagle  the same with the stdlib's default, Nagle's algorithm on.
+  raw-echo  a TCP echo server on minisoup's own Loop and SocketTransport (no framing):
+            the floor a WebSocket echo on the same loop is compared with.
+"""
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+BODY = b"hello world\n"   # 12 bytes
+CONTENT_TYPE = "text/plain"
+
+
+def announce(port: int) -> None:
+    print("PORT %d" % port, flush=True)
+
+
+# -- minisoup -----------------------------------------------------------------------------------
+
+def serve_minisoup(workers: int) -> None:
+    import minisoup
+
+    def hello(server, msg, path, query, user_data):
+        msg.set_status(200)
+        msg.set_response(CONTENT_TYPE, BODY)
+
+    def echo(conn, kind, data):
+        conn.send_message(kind, data)
+
+    def on_echo(server, msg, path, conn, user_data):
+        conn.connect("message", echo)
+
+    def on_big(server, msg, path, conn, user_data):
+        conn.set_max_incoming_payload_size(0)
+        conn.set_max_total_message_size(0)
+        conn.connect("message", echo)
+
+    server = minisoup.Server()
+    server.add_handler("/hello", hello)
+    server.add_websocket_handler("/echo", None, None, on_echo)
+    server.add_websocket_handler("/big", None, None, on_big)
+    server.listen_local(0)
+    announce(server.get_listeners()[0].getsockname()[1])
+    server.run(workers=workers)
+
+
+# -- the stdlib reference -------------------------------------------------------------------------
+
+def serve_stdlib(nagle: bool = False) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"      # keep-alive
+        # The handler writes the head and the body separately; with Nagle's algorithm on
+        # (the stdlib's default) the body then waits for the client's delayed ACK, about
+        # 40 ms per request. Turning it off is the fair comparison ("stdlib-nagle" keeps it).
+        disable_nagle_algorithm = not nagle
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY)
+
+        def log_message(self, format, *args):  # minisoup's access log is off too
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            # A load connection closed at the end of a run: not worth a traceback.
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                super().handle_error(request, client_address)
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    announce(httpd.server_address[1])
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    httpd.serve_forever()
+
+
+# -- raw echo on minisoup's loop ------------------------------------------------------------------
+
+class EchoProtocol:
+    """Writes back whatever arrives: the cheapest protocol a SocketTransport can drive."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> None:
+        self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+
+
+def serve_raw_echo() -> None:
+    from minisoup.loop import Loop, SocketTransport
+
+    loop = Loop()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    listener.setblocking(False)
+
+    def on_accept(events: int) -> None:
+        for _ in range(16):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            protocol = EchoProtocol()
+            protocol.transport = SocketTransport(loop, sock, protocol)
+
+    loop.add_reader(listener, on_accept)
+    loop.add_signal_handler(signal.SIGTERM, lambda signum: loop.stop())
+    announce(listener.getsockname()[1])
+    try:
+        loop.run()
+    finally:
+        loop.close()
+        listener.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("minisoup", "stdlib", "stdlib-nagle", "raw-echo"))
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--cpus", default="", help="pin to these CPUs (inherited by workers)")
+    args = parser.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    logging.basicConfig(level=logging.WARNING, format="bench server: %(levelname)s %(message)s")
+    if args.kind == "minisoup":
+        serve_minisoup(args.workers)
+    elif args.kind in ("stdlib", "stdlib-nagle"):
+        serve_stdlib(nagle=args.kind == "stdlib-nagle")
+    else:
+        serve_raw_echo()
+
+
+if __name__ == "__main__":
+    main()
