@@ -252,7 +252,7 @@ def _read_response_head(sock: socket.socket, deadline: float) -> Tuple[int, Mess
     headers = MessageHeaders()
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        headers._items.append((name.strip(), value.strip()))
+        headers._add(name.strip(), value.strip())
     return int(parts[1]), headers, rest
 
 

@@ -277,15 +277,15 @@ class HTTPConnection:
         headers = msg._response_headers
         server = self.server
         if "Date" not in headers:
-            headers.append("Date", http_date())
+            headers._add("Date", http_date())
         if server.server_header and "Server" not in headers:
-            headers.append("Server", server.server_header)
+            headers._add("Server", server.server_header)
         version = msg._version if msg._version in ("HTTP/1.0", "HTTP/1.1") else "HTTP/1.1"
         if self._must_close or server._stopping or not self.keep_alive:
             self.keep_alive = False
-            headers.replace("Connection", "close")
+            headers._set("Connection", "close")
         elif version == "HTTP/1.0":
-            headers.replace("Connection", "keep-alive")
+            headers._set("Connection", "keep-alive")
         return version
 
     def _respond(self) -> None:
@@ -319,7 +319,7 @@ class HTTPConnection:
             encoding = Encoding.EOF
             headers.remove("Transfer-Encoding")
             self.keep_alive = False
-            headers.replace("Connection", "close")
+            headers._set("Connection", "close")
         head = build_response_head(version, msg._status, msg.get_reason_phrase(), headers)
         self.transport.write(head)
         self.state = STREAMING

@@ -28,8 +28,10 @@ SUPPORTED_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
-# What a field value may hold (RFC 9110 §5.5): visible ASCII, obs-text, SP and HTAB.
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters other than HTAB, CR and LF have no place anywhere in a request head.
+_BAD_HEAD_CHAR = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A header line that does not start with "token:" (obs-fold, space before the colon, ...).
+_BAD_HEADER_START = re.compile(rb"\r\n(?![!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 
@@ -79,17 +81,37 @@ class MessageHeaders:
     a CR, LF or NUL raises ``ValueError`` (no header injection).
     """
 
-    __slots__ = ("_items",)
+    # Hot path: every request and response looks fields up several times, so besides the
+    # ordered (name, value) list an index maps each lower-cased name to its values.
+    __slots__ = ("_items", "_index")
 
     def __init__(self, items: Optional[List[Tuple[str, str]]] = None) -> None:
-        self._items = list(items) if items else []
+        self._items = []  # type: List[Tuple[str, str]]
+        self._index = {}  # type: Dict[str, List[str]]
+        if items:
+            for name, value in items:
+                self._add(name, value)
+
+    def _add(self, name: str, value: str) -> None:
+        # Internal: no checks (parsed input or values the server itself made).
+        self._items.append((name, value))
+        lname = name.lower()
+        values = self._index.get(lname)
+        if values is None:
+            self._index[lname] = [value]
+        else:
+            values.append(value)
+
+    def _set(self, name: str, value: str) -> None:
+        self.remove(name)
+        self._add(name, value)
 
     def append(self, name: str, value: str) -> None:
         """Add a field (keeping any existing ones of the same name)."""
         _check_text("header name", name)
         if not _TOKEN.match(name.encode("latin-1", "replace")):
             raise ValueError("header name is not a token: %r" % name)
-        self._items.append((name, _check_text("header value", str(value))))
+        self._add(name, _check_text("header value", str(value)))
 
     def replace(self, name: str, value: str) -> None:
         """Set a field to a single value, removing the others of that name."""
@@ -99,28 +121,26 @@ class MessageHeaders:
     def remove(self, name: str) -> None:
         """Remove every field called ``name`` (case-insensitive)."""
         lname = name.lower()
-        self._items = [(k, v) for k, v in self._items if k.lower() != lname]
+        if self._index.pop(lname, None) is not None:
+            self._items = [(k, v) for k, v in self._items if k.lower() != lname]
 
     def clear(self) -> None:
         """Remove every field."""
         self._items = []
+        self._index = {}
 
     def get_one(self, name: str) -> Optional[str]:
         """The last value of ``name``, or ``None``."""
-        lname = name.lower()
-        for k, v in reversed(self._items):
-            if k.lower() == lname:
-                return v
-        return None
+        values = self._index.get(name.lower())
+        return values[-1] if values else None
 
     def get_all(self, name: str) -> List[str]:
         """Every value of ``name``, in order."""
-        lname = name.lower()
-        return [v for k, v in self._items if k.lower() == lname]
+        return list(self._index.get(name.lower(), ()))
 
     def get_list(self, name: str) -> Optional[str]:
         """All values of ``name`` joined with ", " (the comma-list form), or ``None``."""
-        values = self.get_all(name)
+        values = self._index.get(name.lower())
         return ", ".join(values) if values else None
 
     def header_contains(self, name: str, token: str) -> bool:
@@ -140,7 +160,7 @@ class MessageHeaders:
     def set_content_length(self, length: int) -> None:
         """Set Content-Length (and drop Transfer-Encoding)."""
         self.remove("Transfer-Encoding")
-        self.replace("Content-Length", str(int(length)))
+        self._set("Content-Length", str(int(length)))
 
     def get_encoding(self) -> Encoding:
         """How a body with these headers is framed."""
@@ -154,7 +174,7 @@ class MessageHeaders:
         """Ask for a body framing; ``Encoding.CHUNKED`` streams the response."""
         if encoding is Encoding.CHUNKED:
             self.remove("Content-Length")
-            self.replace("Transfer-Encoding", "chunked")
+            self._set("Transfer-Encoding", "chunked")
         else:
             self.remove("Transfer-Encoding")
 
@@ -174,7 +194,7 @@ class MessageHeaders:
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get_one(name) is not None
+        return isinstance(name, str) and name.lower() in self._index
 
     def __repr__(self) -> str:
         return "MessageHeaders(%r)" % (self._items,)
@@ -191,8 +211,8 @@ class Request:
         self.target = target
         self.version = version
         self.headers = headers
-        conn = headers.get_list("Connection") or ""
-        tokens = {t.strip().lower() for t in conn.split(",")}
+        conn = headers.get_list("Connection")
+        tokens = {t.strip().lower() for t in conn.split(",")} if conn else ()
         if version == "HTTP/1.1":
             self.keep_alive = "close" not in tokens
         else:
@@ -218,18 +238,20 @@ def _parse_head(block: bytes, max_body_size: int) -> Request:
     version_s = version.decode("ascii")
     if version_s not in SUPPORTED_VERSIONS:
         raise HTTPError(505, "HTTP version not supported")
-    items = []
+    # Hot path: one regex pass over the whole block checks every line's shape and every
+    # character; the line-by-line loop below only runs to name what is wrong.
+    if _BAD_HEAD_CHAR.search(block):
+        raise HTTPError(400, "Invalid character in the request head")
+    if _BAD_HEADER_START.search(block):
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t"):
+                raise HTTPError(400, "Obsolete line folding in headers")
+        raise HTTPError(400, "Malformed header line")
+    headers = MessageHeaders()
+    add = headers._add
     for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            raise HTTPError(400, "Obsolete line folding in headers")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise HTTPError(400, "Malformed header line")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise HTTPError(400, "Invalid character in a header value")
-        items.append((name.decode("ascii"), value.decode("latin-1")))
-    headers = MessageHeaders(items)
+        name, _, value = line.partition(b":")
+        add(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
     req = Request(method.decode("ascii"), target.decode("ascii"), version_s, headers)
     hosts = len(headers.get_all("Host"))
     if hosts > 1:
@@ -312,6 +334,8 @@ class RequestParser:
     def read_head(self) -> Optional[Request]:
         """The next request head, or ``None`` if more bytes are needed."""
         buf = self._buf
+        if not buf:
+            return None
         # Leading empty lines between requests are tolerated (RFC 9112 §2.2).
         if buf.startswith(CRLF):
             while buf.startswith(CRLF):
