@@ -21,7 +21,7 @@ from .websocket import (WebsocketConnection, WebsocketConnectionType, WebsocketD
 __all__ = ["websocket_connect", "ClientConnection", "ConnectionClosed"]
 
 MAX_RESPONSE_HEAD = 65536
-RECV_SIZE = 262144
+RECV_SIZE = 65536   # below glibc's mmap threshold: no mmap/munmap per recv()
 
 
 class ConnectionClosed(WebsocketError):

@@ -10,7 +10,8 @@
    >= 80%), with both masking strategies by size; (e) handshakes/s.
 3. permessage-deflate: ~1 KiB JSON-like chat echo with and without it, and the bytes on
    the wire per message.
-4. Pre-fork: 64-byte echo with run(workers=1) and run(workers=2); target >= 1.6x.
+4. Pre-fork: 64-byte echo with run(workers=1) and run(workers=2); target >= 1.6x; and the
+   same with a CPU-bound handler, where the server rather than the load is the bottleneck.
 
 Every server runs in its own process (tools/bench_servers.py), the load in others
 (tools/loadgen.py): pre-built requests and frames, one request or message in flight per
@@ -582,6 +583,18 @@ def bench_prefork(timing: dict) -> None:
               "busy CPUs cap" % (w2.loadgen_cpu / w2.rate * 1e6, ncpu))
         print("   the rate at %s msg/s, %.2fx workers=1, before any other process takes its share."
               % (format(cap, ",.0f"), cap / w1.rate if w1.rate else 0.0))
+    # The same question where the server is the bottleneck: a CPU-bound application
+    # (about 0.3 ms of Python per message) and a load generator that costs little.
+    extra = ("--size", "64", "--path", "/work")
+    cases = [Case("w1 work", "minisoup", "ws", 1, 8, extra, workers=1),
+             Case("w2 work", "minisoup", "ws", 1, 8, extra, workers=2)]
+    s = measure(cases, timing)
+    print("   CPU-bound application (/work: ~0.3 ms of Python per message), 1 load process x 8 "
+          "connections:")
+    measured("run(workers=1), CPU-bound handler", s["w1 work"], "msg/s")
+    measured("run(workers=2), CPU-bound handler", s["w2 work"], "msg/s")
+    ratio_line("workers=2 / workers=1, CPU-bound", s["w2 work"].rate / s["w1 work"].rate,
+               TARGET_PREFORK)
     print()
 
 

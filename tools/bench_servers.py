@@ -6,7 +6,9 @@ Prints ``PORT <n>`` once listening on 127.0.0.1 (a free port), then serves until
 SIGTERM. KIND:
   minisoup  minisoup.Server: ``GET /hello`` answers a 12-byte body; WebSocket echo at
             ``/echo`` (default limits) and ``/big`` (no size limits, for 1 MiB
-            messages); permessage-deflate offered (the default). ``--workers N`` serves
+            messages), ``/work`` (echo after ~0.3 ms of Python work per message, a
+            CPU-bound application for the pre-fork scaling figure); permessage-deflate
+            offered (the default). ``--workers N`` serves
             with ``run(workers=N)`` (pre-fork), else ``run()`` in this process.
   stdlib    http.server.ThreadingHTTPServer answering ``GET /hello`` the same way,
             HTTP/1.1 keep-alive, ``disable_nagle_algorithm = True``;
@@ -25,6 +27,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 BODY = b"hello world\n"   # 12 bytes
+WORK_LOOPS = 5000         # /work: Python work per message (about 0.3 ms here)
 CONTENT_TYPE = "text/plain"
 
 
@@ -52,8 +55,20 @@ def serve_minisoup(workers: int) -> None:
         conn.set_max_total_message_size(0)
         conn.connect("message", echo)
 
+    def work(conn, kind, data):
+        # A CPU-bound application: ~0.3 ms of Python per message before the echo, so
+        # that the server, not the load generator, is what the CPUs are busy with.
+        total = 0
+        for i in range(WORK_LOOPS):
+            total += i * i
+        conn.send_message(kind, data)
+
+    def on_work(server, msg, path, conn, user_data):
+        conn.connect("message", work)
+
     server = minisoup.Server()
     server.add_handler("/hello", hello)
+    server.add_websocket_handler("/work", None, None, on_work)
     server.add_websocket_handler("/echo", None, None, on_echo)
     server.add_websocket_handler("/big", None, None, on_big)
     server.listen_local(0)
