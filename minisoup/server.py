@@ -8,9 +8,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .connection import HTTPConnection
+from .connection import CLOSED, HTTPConnection
 from .handshake import HandshakeError, server_handshake
-from .http import _check_text
+from .http import _check_text, build_response_head
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
 from .signals import SignalEmitter, last_callback
@@ -456,13 +456,12 @@ class Server(SignalEmitter):
             response_headers.replace(name, value)
         version = conn._response_head(msg, 101)
         response_headers.replace("Connection", "Upgrade")
-        from .http import build_response_head
         conn.transport.write(build_response_head(version, 101, msg.get_reason_phrase(),
                                                  response_headers))
         transport = conn.transport
         leftover = conn.parser.take_buffer()
         self._http.discard(conn)
-        conn.state = 4  # CLOSED for HTTP purposes: the stream now belongs to the WebSocket
+        conn.state = CLOSED  # for HTTP purposes: the stream now belongs to the WebSocket
         conn.msg = None
         msg._conn = None
         ws = WebsocketConnection(transport, WebsocketConnectionType.SERVER, self._loop,
