@@ -29,6 +29,9 @@ CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # requests without reading made the server buffer every response (54 KB of GETs → 197 MB).
 PIPELINE_HIGH_WATER = 64 * 1024
 FIRST_REQUEST_GRACE_S = 1.0  # graceful stop: how long a new connection may take to speak
+# A request body must arrive at this average rate (bytes/s) once request_timeout has passed:
+# a body trickled a byte at a time within the timeout (R-U-Dead-Yet) cannot hold a worker.
+MIN_BODY_RATE = 1024
 
 
 class HTTPConnection:
@@ -36,7 +39,8 @@ class HTTPConnection:
 
     __slots__ = ("server", "transport", "parser", "state", "msg", "request", "entry",
                  "phase", "deadline", "keep_alive", "remote", "local", "_processing",
-                 "_must_close", "_idle", "_draining", "_send_mark", "__weakref__")
+                 "_must_close", "_idle", "_draining", "_send_mark", "_body_start",
+                 "_body_bytes", "__weakref__")
 
     def __init__(self, server: Any, transport: Any, remote: Any, local: Any) -> None:
         self.server = server
@@ -57,13 +61,18 @@ class HTTPConnection:
         self.deadline = time.monotonic() + server.request_timeout
         self._idle = False  # True between keep-alive requests: the deadline is idle_timeout's
         self._send_mark = None  # (bytes queued, since when) while a response waits to be read
+        self._body_start = 0.0
+        self._body_bytes = 0
         self._draining = False  # waiting for the peer to read a response (back-pressure)
 
     # -- protocol interface -----------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
         if self.state == BODY:
-            self.deadline = time.monotonic() + self.server.request_timeout
+            timeout = self.server.request_timeout
+            self._body_bytes += len(data)
+            self.deadline = min(time.monotonic() + timeout,
+                                self._body_start + timeout + self._body_bytes / MIN_BODY_RATE)
         elif self._idle:
             # The first byte of the next keep-alive request: from now on its head has
             # request_timeout to arrive, not what is left of idle_timeout.
@@ -116,6 +125,9 @@ class HTTPConnection:
         if self.state in (HEAD, BODY) and now > self.deadline and not self._draining:
             if self.msg is None and not self.parser.has_data:
                 log.debug("closing idle connection from %s", _addr(self.remote))
+            elif self.state == BODY:
+                log.info("closing connection from %s: request body stalled or slower than "
+                         "%d bytes/s", _addr(self.remote), MIN_BODY_RATE)
             else:
                 log.info("closing connection from %s: request not received within %g s",
                          _addr(self.remote), self.server.request_timeout)
@@ -190,6 +202,9 @@ class HTTPConnection:
         if self.request.expect_continue:
             self.transport.write(CONTINUE_LINE)
         self.state = BODY
+        self._body_start = time.monotonic()
+        self._body_bytes = 0
+        self.deadline = self._body_start + self.server.request_timeout
         self.transport.resume_reading()
 
     def _body_read(self, body: bytes) -> None:

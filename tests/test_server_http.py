@@ -395,3 +395,48 @@ def test_internal_error_closes_the_connection_and_the_worker_keeps_serving(monke
         sock.close()
         assert get(port, "/fine")[0] == 200
     assert any("internal error" in r.getMessage() for r in caplog.records)
+
+
+def test_body_trickled_below_the_minimum_rate_is_cut(caplog):
+    # R-U-Dead-Yet: each byte comes well within request_timeout, but the body as a whole
+    # crawls; it is cut once it falls behind MIN_BODY_RATE after request_timeout.
+    server = minisoup.Server(request_timeout=0.5)
+    server.add_handler(None, text_handler())
+    with running(server) as port, caplog.at_level(logging.INFO, "minisoup"):
+        sock = raw_connect(port)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n")
+        start = time.monotonic()
+        cut = False
+        while time.monotonic() - start < 5:
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.2)
+            if server._connection_count() == 0:
+                cut = True
+                break
+        assert cut and time.monotonic() - start < 3
+        sock.close()
+        assert get(port, "/")[0] == 200
+    assert any("slower than" in r.getMessage() for r in caplog.records)
+
+
+def test_slow_but_steady_body_is_not_cut():
+    server = minisoup.Server(request_timeout=0.3)
+    server.add_handler(None, lambda s, msg, *a: (msg.set_status(200),
+                                                 msg.set_response("text/plain", str(len(msg.get_request_body())))))
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 20000\r\n\r\n")
+        for _ in range(10):             # 2 KB every 0.1 s: 20 KB/s, above the minimum rate
+            sock.sendall(b"y" * 2000)
+            time.sleep(0.1)
+        data = b""
+        while not data.endswith(b"20000"):
+            chunk = sock.recv(1000)
+            assert chunk, "connection closed before the response: %r" % data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ")
+        sock.close()
