@@ -37,7 +37,8 @@ def announce(port: int) -> None:
 
 # -- minisoup -----------------------------------------------------------------------------------
 
-def serve_minisoup(workers: int) -> None:
+def build_minisoup():
+    """The minisoup.Server every benchmark measures (listening on 127.0.0.1, a free port)."""
     import minisoup
 
     def hello(server, msg, path, query, user_data):
@@ -72,6 +73,11 @@ def serve_minisoup(workers: int) -> None:
     server.add_websocket_handler("/echo", None, None, on_echo)
     server.add_websocket_handler("/big", None, None, on_big)
     server.listen_local(0)
+    return server
+
+
+def serve_minisoup(workers: int) -> None:
+    server = build_minisoup()
     announce(server.get_listeners()[0].getsockname()[1])
     server.run(workers=workers)
 

@@ -29,31 +29,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, TOOLS)
 
 import minisoup  # noqa: E402
-from bench_servers import BODY, CONTENT_TYPE  # noqa: E402
+from bench_servers import build_minisoup  # noqa: E402
 
 
 def build_server() -> minisoup.Server:
-    def hello(server, msg, path, query, user_data):
-        msg.set_status(200)
-        msg.set_response(CONTENT_TYPE, BODY)
-
-    def echo(conn, kind, data):
-        conn.send_message(kind, data)
-
-    def on_echo(server, msg, path, conn, user_data):
-        conn.connect("message", echo)
-
-    def on_big(server, msg, path, conn, user_data):
-        conn.set_max_incoming_payload_size(0)
-        conn.set_max_total_message_size(0)
-        conn.connect("message", echo)
-
-    server = minisoup.Server()
-    server.add_handler("/hello", hello)
-    server.add_websocket_handler("/echo", None, None, on_echo)
-    server.add_websocket_handler("/big", None, None, on_big)
-    server.listen_local(0)
-    return server
+    return build_minisoup()
 
 
 def drive(server: minisoup.Server, args: argparse.Namespace, result: dict) -> None:
