@@ -461,7 +461,9 @@ def bench_ws(timing: dict) -> None:
     big_extra = ("--size", str(MiB), "--path", "/big")
     s = measure([Case("big", "minisoup", "ws", 1, big_conns, big_extra),
                  Case("big-malloc", "minisoup", "ws", 1, big_conns, big_extra,
-                      env=MALLOC_KEEP)], timing)
+                      env=MALLOC_KEEP),
+                 Case("big-raw", "raw-echo", "raw", 1, big_conns, ("--size", str(MiB)))],
+                timing)
     big = s["big"]
     big_mb = big.rate * MiB / 1e6
     measured("(c) echo, 1 MiB binary messages", big, "", "MiB message",
@@ -475,6 +477,11 @@ def bench_ws(timing: dict) -> None:
                cpu=unmask_us / big.median.cpu_us_per_op())
     detail("server CPU per 1 MiB message %.0f us, of which unmasking %.0f us"
            % (big.median.cpu_us_per_op(), unmask_us))
+    raw = s["big-raw"]
+    measured("(c) for scale: raw TCP echo of 1 MiB, same Loop", raw, "", "MiB message",
+             value="%.0f MB/s" % (raw.rate * MiB / 1e6))
+    detail("server CPU per MiB with no framing: %.0f us (the transport's share of (c))"
+           % raw.median.cpu_us_per_op())
     kept = s["big-malloc"]
     measured("(c) again, glibc keeping freed memory", kept, "", "MiB message",
              value="%.0f MB/s" % (kept.rate * MiB / 1e6))
