@@ -151,7 +151,7 @@ class Conn:
     """One load connection: what to send next and how far the current answer has come."""
 
     __slots__ = ("sock", "fd", "requests", "index", "pending", "buf", "need", "inflater",
-                 "expect", "rx", "tx")
+                 "expect", "rx", "tx", "batch", "answer")
 
     def __init__(self, sock: socket.socket, requests: list) -> None:
         self.sock = sock
@@ -165,6 +165,8 @@ class Conn:
         self.expect = 0       # ws --deflate: decompressed size to check
         self.rx = 0
         self.tx = 0
+        self.batch = 1        # ws --batch: messages per burst, answered by byte count
+        self.answer = 0       # ws --batch: bytes of the whole burst's echoes
 
 
 def http_answer_end(buf: bytes) -> int:
@@ -246,6 +248,16 @@ class Load:
     def on_data(self, c: Conn, view: memoryview, n: int) -> int:
         """Account for ``n`` received bytes in ``view``; returns the answers completed (0 or 1)."""
         mode = self.mode
+        if c.batch > 1:
+            # A burst of --batch frames went out in one write; its echoes are counted by
+            # bytes (server frames of a fixed size), one answer per message.
+            c.need -= n
+            if c.need > 0:
+                return 0
+            if c.need < 0:
+                raise ValueError("echoes longer than the burst")
+            c.need = c.answer
+            return c.batch
         if mode == "raw":
             c.need -= n
             if c.need > 0:
@@ -326,8 +338,9 @@ class Load:
                         if not n:
                             raise ConnectionError("server closed the connection")
                         c.rx += n
-                        if self.on_data(c, view, n):
-                            count += 1
+                        answers = self.on_data(c, view, n)
+                        if answers:
+                            count += answers
                             self.send_next(c)
                 except (BlockingIOError, InterruptedError):
                     continue
@@ -399,7 +412,14 @@ def open_connections(args: argparse.Namespace) -> list:
                           for m in messages]
             else:
                 frames = [client_frame(opcode, m) for m in messages]
+            if args.batch > 1:
+                if args.deflate or args.chat or args.size > 125:
+                    raise SystemExit("--batch needs plain binary messages of at most 125 bytes")
+                frames = [b"".join(frames * args.batch)]
             c = Conn(sock, frames)
+            if args.batch > 1:
+                c.batch = args.batch
+                c.answer = c.need = args.batch * (2 + args.size)
             if args.deflate:
                 c.inflater = zlib.decompressobj(wbits=-server_bits)
             c.expect = len(messages[0])
@@ -459,6 +479,8 @@ def main() -> None:
     parser.add_argument("--chat", type=int, default=0,
                         help="ws: cycle through this many JSON-like text messages of --size bytes")
     parser.add_argument("--deflate", action="store_true", help="ws: negotiate permessage-deflate")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="ws: send this many messages per write and wait for all their echoes")
     parser.add_argument("--cpus", default="", help="pin this process to these CPUs (e.g. 1)")
     args = parser.parse_args()
     if args.cpus:
