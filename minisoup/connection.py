@@ -100,9 +100,6 @@ class HTTPConnection:
             self.server.emit("request-aborted", msg)
 
     # -- timeouts (checked by the server's periodic sweep, no timer per request) --
-    def deadline_is_idle(self) -> bool:
-        return self.msg is None and not self.parser.has_data
-
     def check_deadline(self, now: float) -> None:
         buffered = self.transport.get_write_buffer_size()
         if buffered:

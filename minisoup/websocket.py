@@ -475,12 +475,14 @@ class WebsocketConnection(SignalEmitter):
 
     # -- transport callbacks ------------------------------------------------------------------
     def eof_received(self) -> None:
+        """Transport callback: the peer sent FIN."""
         if self._received_close or self._discarding:
             self.transport.close()
         else:
             self.transport.abort()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        """Transport callback: the TCP connection is gone; emits ``closed`` (once)."""
         if self._state == _CLOSED:
             return
         if not self._received_close and not self._discarding:
@@ -500,9 +502,6 @@ class WebsocketConnection(SignalEmitter):
             self._on_closed(self)
             self._on_closed = None
         self._signals = None
-
-    def write_drained(self) -> None:
-        pass
 
     def __repr__(self) -> str:
         return "<WebsocketConnection %s %s %s>" % (self._type.name, self._state.name,
