@@ -200,12 +200,22 @@ class Server(SignalEmitter):
         self.listen_socket(sock)
 
     def listen_local(self, port: int) -> None:
-        """Listen on the loopback address (127.0.0.1)."""
-        self.listen(("127.0.0.1", port))
+        """Listen on the loopback addresses: 127.0.0.1 and, where the host has IPv6, ::1
+        (on the same port), as libsoup does."""
+        self._listen_both("127.0.0.1", "::1", port)
 
     def listen_all(self, port: int) -> None:
-        """Listen on every IPv4 address (0.0.0.0)."""
-        self.listen(("0.0.0.0", port))
+        """Listen on every address: 0.0.0.0 and, where the host has IPv6, :: (same port)."""
+        self._listen_both("0.0.0.0", "::", port)
+
+    def _listen_both(self, ipv4: str, ipv6: str, port: int) -> None:
+        self.listen((ipv4, port))
+        port = self._listeners[-1].getsockname()[1]  # port 0: the IPv6 side takes the same
+        if socket.has_ipv6:
+            try:
+                self.listen((ipv6, port))
+            except OSError as exc:
+                log.debug("no IPv6 listener on [%s]:%d: %s", ipv6, port, exc)
 
     def listen_socket(self, sock: socket.socket) -> None:
         """Serve on an already listening socket."""

@@ -440,3 +440,28 @@ def test_slow_but_steady_body_is_not_cut():
             data += chunk
         assert data.startswith(b"HTTP/1.1 200 ")
         sock.close()
+
+
+def test_listen_local_covers_ipv4_and_ipv6_loopback_on_one_port():
+    server = minisoup.Server()
+    server.add_handler(None, text_handler("both"))
+    server.listen_local(0)
+    uris = server.get_uris()
+    port = server.get_listeners()[0].getsockname()[1]
+    assert uris[0] == "http://127.0.0.1:%d/" % port
+    try:
+        socket.socket(socket.AF_INET6).close()
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+        has_ipv6 = True
+    except OSError:
+        has_ipv6 = False
+    if has_ipv6:
+        assert uris == ["http://127.0.0.1:%d/" % port, "http://[::1]:%d/" % port]
+    with running(server):
+        for host in ["127.0.0.1"] + (["::1"] if has_ipv6 else []):
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("GET", "/")
+            assert conn.getresponse().read() == b"both"
+            conn.close()
