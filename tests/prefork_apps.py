@@ -45,11 +45,13 @@ not_callable = 42
 
 
 def slow(server):
-    """``whoami`` plus ``/slow`` (answered 0.5 s later from a timer, the loop stays free)
-    and ``/hang`` (blocks the worker's loop for a minute: its heartbeat stops)."""
+    """``whoami`` plus ``/slow`` (answered 0.5 s later from a timer, the loop stays free),
+    ``/block`` (blocks the worker's loop for 2 s) and ``/hang`` (blocks it for a minute: its
+    heartbeat stops)."""
     whoami(server)
     server.add_handler("/slow", _slow)
     server.add_handler("/hang", _hang)
+    server.add_handler("/block", _block)
 
 
 def _slow(server, msg, path, query, user_data):
@@ -62,6 +64,13 @@ def _slow(server, msg, path, query, user_data):
                          % (server.get_worker_id(), os.getpid()))
         msg.unpause()
     server.call_later(0.5, answer)
+
+
+def _block(server, msg, path, query, user_data):
+    import time
+    time.sleep(2)  # holds this worker's loop: its other connections wait
+    msg.set_status(200)
+    msg.set_response("text/plain", "blocked worker %d\n" % server.get_worker_id())
 
 
 def _hang(server, msg, path, query, user_data):

@@ -258,6 +258,36 @@ def test_graceful_stop_finishes_inflight_http_and_forces_after_timeout(server_pr
         stuck.close()
 
 
+def test_a_blocking_handler_holds_its_worker_only(server_process):
+    # SPEC/README: one slow handler delays the other connections of its worker; the other
+    # workers keep serving (and the blocked one logs a slow-callback warning).
+    proc = server_process(app="prefork_apps:slow", workers=2)
+    result = {}
+
+    def blocked():
+        start = time.monotonic()
+        result["body"] = http_get(proc.port, "/block", timeout=10)
+        result["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        free_id = None
+        for _ in range(6):
+            start = time.monotonic()
+            body = http_get(proc.port, "/worker", timeout=5)
+            assert time.monotonic() - start < 1.0, "a request waited for the blocked worker"
+            served_by = int(body.split()[1])
+            free_id = free_id if free_id is not None else served_by
+            assert served_by == free_id  # always the worker that is not blocked
+    finally:
+        thread.join(10)
+    assert result["seconds"] >= 1.9 and "blocked worker" in result["body"]
+    assert int(result["body"].split()[2]) != free_id
+    proc.wait_log(r"blocked the loop for 2\.\d+ s")
+
+
 def test_stuck_worker_is_killed_after_worker_timeout(server_process):
     proc = server_process(app="prefork_apps:slow", workers=2, args=["--worker-timeout", "2"])
     before = proc.live_workers()
