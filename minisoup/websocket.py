@@ -262,16 +262,20 @@ class WebsocketConnection(SignalEmitter):
         else:
             header = frame_header(opcode, len(payload), True, rsv)
         transport = self.transport
-        if len(payload) < JOIN_BELOW:
-            transport.write(header + payload)
-        else:
-            transport.writelines([header, payload])
         limit = self._write_buffer_limit
-        if limit and transport.get_write_buffer_size() > limit and opcode != _OP_CLOSE:
+        # Checked before queueing: a message bigger than the limit still goes out to a peer
+        # that reads, while one that does not is cut at the next message (memory stays under
+        # the limit plus one message).
+        if limit and opcode != _OP_CLOSE and transport.get_write_buffer_size() > limit:
             log.warning("WebSocket peer %s is not reading: %d bytes queued (write_buffer_limit "
                         "%d); closing with 1008", self._remote, transport.get_write_buffer_size(),
                         limit)
             self._fail(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
+            return
+        if len(payload) < JOIN_BELOW:
+            transport.write(header + payload)
+        else:
+            transport.writelines([header, payload])
 
     # -- receiving ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

@@ -1169,3 +1169,21 @@ def test_deflated_message_over_total_limit_gets_1009():
             with pytest.raises(minisoup.ConnectionClosed):
                 client.recv()
             assert client.get_close_code() == 1009
+
+
+def test_a_message_bigger_than_the_write_buffer_limit_reaches_a_reading_peer():
+    # The limit guards against peers that do not read, not against big messages.
+    big = b"\x07" * (4 << 20)
+
+    def handler(server, msg, path, conn, user_data):
+        conn.send_binary(big)
+        # Once the reader has taken the big one, the buffer is below the limit again.
+        server.call_later(0.5, conn.send_text, "after")
+
+    server = minisoup.Server(write_buffer_limit=1 << 20)
+    server.add_websocket_handler(None, None, None, handler)
+    with running(server) as port:
+        with minisoup.websocket_connect("ws://127.0.0.1:%d/" % port, timeout=5) as client:
+            kind, data = client.recv(timeout=5)
+            assert kind == minisoup.WebsocketDataType.BINARY and data == big
+            assert client.recv(timeout=5)[1] == "after"
