@@ -1,0 +1,156 @@
+"""minisoup against the reference: the same requests to libsoup 3 and to minisoup.
+
+libsoup is reached through PyGObject (``gi.repository.Soup``), which Debian's
+``gir1.2-soup-3.0`` and ``python3-gi`` give to /usr/bin/python3. Where it is missing the
+module is skipped: minisoup itself never needs it. Only behaviour where SPEC.md and
+libsoup agree is compared (SPEC.md lists where they differ on purpose).
+"""
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import minisoup
+from conftest import running
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+PROBE = "import gi; gi.require_version('Soup', '3.0'); from gi.repository import Soup"
+
+
+def _libsoup_available():
+    if not os.path.exists(SYSTEM_PYTHON):
+        return False
+    try:
+        return subprocess.run([SYSTEM_PYTHON, "-c", PROBE], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _libsoup_available(),
+                                reason="libsoup 3 (gir1.2-soup-3.0, python3-gi) is not installed")
+
+# The same registrations in both servers.
+LIBSOUP_SERVER = r"""
+import sys
+import gi
+gi.require_version("Soup", "3.0")
+from gi.repository import GLib, Soup
+
+def normal(server, msg, path, query, *data):
+    msg.set_status(200, None)
+    msg.set_response("text/plain", Soup.MemoryUse.COPY, b"normal")
+
+def on_ws(server, msg, path, conn, *data):
+    CONNS.append(conn)
+
+CONNS = []
+server = Soup.Server()
+server.add_handler("/n", normal)
+server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], on_ws)
+server.add_websocket_handler("/open", None, None, on_ws)
+server.listen_local(0, Soup.ServerListenOptions.IPV4_ONLY)
+print(server.get_uris()[0].get_port(), flush=True)
+loop = GLib.MainLoop()
+GLib.io_add_watch(GLib.IOChannel.unix_new(sys.stdin.fileno()), GLib.IO_IN | GLib.IO_HUP,
+                  lambda *a: loop.quit())
+loop.run()
+"""
+
+
+def _register(server):
+    def normal(server_, msg, path, query, user_data):
+        msg.set_status(200)
+        msg.set_response("text/plain", b"normal")
+
+    server.add_handler("/n", normal)
+    server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], lambda *a: None)
+    server.add_websocket_handler("/open", None, None, lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def ports():
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", LIBSOUP_SERVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), "libsoup server did not start: %r" % line
+        server = minisoup.Server()
+        _register(server)
+        server.listen(("127.0.0.1", 0))
+        with running(server) as port:
+            yield int(line), port
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _key():
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def _exchange(port, request):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        sock.sendall(request.encode("latin-1"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers.get("sec-websocket-protocol"), headers.get("sec-websocket-accept")
+
+
+def _upgrade(key, path, extra="", version="13", method="GET"):
+    return ("%s %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: %s\r\n%s\r\n"
+            % (method, path, key, version, extra))
+
+
+CASES = {
+    "origin matches, case-insensitively": lambda key: _upgrade(key, "/ws", "Origin: http://example.COM\r\n"),
+    "origin with a trailing slash": lambda key: _upgrade(key, "/ws", "Origin: http://example.com/\r\n"),
+    "origin of another site": lambda key: _upgrade(key, "/ws", "Origin: http://evil.example\r\n"),
+    "no origin where one is required": lambda key: _upgrade(key, "/ws"),
+    "protocol: the server's preference wins":
+        lambda key: _upgrade(key, "/ws", "Origin: http://example.com\r\nSec-WebSocket-Protocol: a, b\r\n"),
+    "protocol: only one offered": lambda key: _upgrade(key, "/ws", "Origin: http://example.com\r\n"
+                                           "Sec-WebSocket-Protocol: a\r\n"),
+    "protocol: none matches": lambda key: _upgrade(key, "/ws", "Origin: http://example.com\r\n"
+                                       "Sec-WebSocket-Protocol: c\r\n"),
+    "protocol: none offered": lambda key: _upgrade(key, "/ws", "Origin: http://example.com\r\n"),
+    "prefix path": lambda key: _upgrade(key, "/ws/room", "Origin: http://example.com\r\n"),
+    "any origin accepted when none is set": lambda key: _upgrade(key, "/open", "Origin: http://anything\r\n"),
+    "any protocol offer when none is set": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Protocol: x\r\n"),
+    "wrong version": lambda key: _upgrade(key, "/open", version="8"),
+    "key of 15 bytes": lambda key: _upgrade(base64.b64encode(b"x" * 15).decode(), "/open"),
+    "POST upgrade": lambda key: _upgrade(key, "/open", method="POST"),
+    "plain GET to a WebSocket-only path": lambda key: "GET /open HTTP/1.1\r\nHost: x\r\n\r\n",
+    "normal handler": lambda key: "GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "no handler": lambda key: "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_answer_as_libsoup(ports, case):
+    libsoup_port, minisoup_port = ports
+    request = CASES[case](_key())  # one key for both: the Sec-WebSocket-Accept must agree too
+    expected = _exchange(libsoup_port, request)
+    assert _exchange(minisoup_port, request) == expected
