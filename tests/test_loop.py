@@ -1,0 +1,229 @@
+"""Unit tests of the event loop: timers, signals, SocketTransport buffering and closing."""
+
+import logging
+import os
+import signal
+import socket
+import time
+
+from minisoup.loop import Loop, SocketTransport
+
+
+class Recorder:
+    """A protocol object that records what the transport tells it."""
+
+    def __init__(self):
+        self.data = []
+        self.eof = False
+        self.lost = []
+        self.drained = 0
+
+    def data_received(self, data):
+        self.data.append(bytes(data))
+
+    def eof_received(self):
+        self.eof = True
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
+
+    def write_drained(self):
+        self.drained += 1
+
+
+def run_until(loop, predicate, timeout=3.0):
+    deadline = time.monotonic() + timeout
+
+    def check():
+        if predicate() or time.monotonic() > deadline:
+            loop.stop()
+        else:
+            loop.call_later(0.005, check)
+
+    loop.call_soon(check)
+    loop.run()
+    assert predicate(), "condition not reached within %s s" % timeout
+
+
+def test_timers_run_in_order_and_cancel_works():
+    loop = Loop()
+    order = []
+    loop.call_later(0.03, order.append, "late")
+    loop.call_later(0.01, order.append, "early")
+    cancelled = loop.call_later(0.02, order.append, "cancelled")
+    loop.call_soon(order.append, "soon")
+    cancelled.cancel()
+    loop.call_later(0.05, loop.stop)
+    loop.run()
+    loop.close()
+    assert order == ["soon", "early", "late"]
+
+
+def test_stop_before_run_returns_at_once():
+    loop = Loop()
+    loop.stop()
+    start = time.monotonic()
+    loop.run()
+    assert time.monotonic() - start < 0.5
+    loop.close()
+
+
+def test_an_exception_in_a_callback_is_logged_and_the_loop_goes_on(caplog):
+    loop = Loop()
+    ran = []
+
+    def boom():
+        raise RuntimeError("bad callback")
+
+    loop.call_soon(boom)
+    loop.call_later(0.01, ran.append, 1)
+    loop.call_later(0.02, loop.stop)
+    with caplog.at_level(logging.ERROR, "minisoup"):
+        loop.run()
+    loop.close()
+    assert ran == [1]
+    assert any("bad callback" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+def test_slow_callback_warning(caplog):
+    loop = Loop()
+    loop.slow_callback_s = 0.05
+
+    def slow():
+        time.sleep(0.08)
+
+    loop.call_soon(slow)
+    loop.call_later(0.1, loop.stop)
+    with caplog.at_level(logging.WARNING, "minisoup"):
+        loop.run()
+    loop.close()
+    assert any("blocked the loop" in r.getMessage() and "slow" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_signal_handler_runs_from_the_loop():
+    loop = Loop()
+    got = []
+    loop.add_signal_handler(signal.SIGUSR1, got.append)
+    try:
+        loop.call_later(0.01, os.kill, os.getpid(), signal.SIGUSR1)
+        run_until(loop, lambda: got)
+    finally:
+        loop.close()
+    assert got == [signal.SIGUSR1]
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def make_pair(loop):
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    proto = Recorder()
+    transport = SocketTransport(loop, ours, proto)
+    return transport, proto, peer
+
+
+def test_reads_reach_the_protocol_and_eof_is_reported():
+    loop = Loop()
+    transport, proto, peer = make_pair(loop)
+    peer.sendall(b"hello")
+    peer.shutdown(socket.SHUT_WR)
+    run_until(loop, lambda: proto.eof)
+    assert b"".join(proto.data) == b"hello"
+    transport.abort()
+    assert proto.lost == [None]
+    peer.close()
+    loop.close()
+
+
+def test_writes_are_buffered_when_the_peer_does_not_read_and_flushed_later():
+    loop = Loop()
+    transport, proto, peer = make_pair(loop)
+    payload = os.urandom(8 << 20)
+    transport.writelines([b"head", payload])          # more than the socket buffers hold
+    assert transport.get_write_buffer_size() > 0       # queued, and write() did not block
+    received = bytearray()
+    peer.setblocking(False)
+
+    def read_some():
+        try:
+            while True:
+                chunk = peer.recv(1 << 20)
+                if not chunk:
+                    break
+                received.extend(chunk)
+        except BlockingIOError:
+            pass
+        return len(received) == len(payload) + 4
+
+    run_until(loop, read_some, timeout=10)
+    assert bytes(received) == b"head" + payload
+    assert transport.get_write_buffer_size() == 0 and proto.drained >= 1
+    transport.abort()
+    peer.close()
+    loop.close()
+
+
+def test_close_flushes_first_and_abort_does_not():
+    loop = Loop()
+    transport, proto, peer = make_pair(loop)
+    data = os.urandom(4 << 20)
+    transport.write(data)
+    transport.close()
+    assert transport.is_closing()
+    transport.write(b"ignored after close")
+    peer.settimeout(5)
+    received = bytearray()
+    peer.setblocking(False)
+
+    def drain():
+        try:
+            while True:
+                chunk = peer.recv(1 << 20)
+                if not chunk:
+                    return True
+                received.extend(chunk)
+        except BlockingIOError:
+            return False
+
+    run_until(loop, drain, timeout=10)
+    assert bytes(received) == data and proto.lost == [None]
+    peer.close()
+
+    transport, proto, peer = make_pair(loop)
+    transport.write(os.urandom(8 << 20))
+    transport.abort()
+    assert proto.lost == [None] and transport.get_write_buffer_size() == 0
+    peer.close()
+    loop.close()
+
+
+def test_shutdown_write_sends_fin_after_the_buffer_and_keeps_reading():
+    loop = Loop()
+    transport, proto, peer = make_pair(loop)
+    transport.write(b"last words")
+    transport.shutdown_write()
+    peer.settimeout(5)
+    assert peer.recv(100) == b"last words"
+    assert peer.recv(100) == b""                   # FIN
+    peer.sendall(b"still listening")
+    run_until(loop, lambda: proto.data)
+    assert proto.data == [b"still listening"]
+    transport.abort()
+    peer.close()
+    loop.close()
+
+
+def test_pause_and_resume_reading():
+    loop = Loop()
+    transport, proto, peer = make_pair(loop)
+    transport.pause_reading()
+    peer.sendall(b"wait")
+    loop.call_later(0.05, loop.stop)
+    loop.run()
+    assert proto.data == []
+    transport.resume_reading()
+    run_until(loop, lambda: proto.data)
+    assert proto.data == [b"wait"]
+    transport.abort()
+    peer.close()
+    loop.close()
