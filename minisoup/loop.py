@@ -272,7 +272,8 @@ class SocketTransport:
     """
 
     __slots__ = ("_loop", "_sock", "_protocol", "_wbuf", "_wsize", "_events",
-                 "_closing", "_closed", "_shut_wr", "_reading", "_on_events_cb", "__weakref__")
+                 "_closing", "_closed", "_shut_wr", "_reading", "_on_events_cb", "_corked",
+                 "cork_reads", "__weakref__")
 
     def __init__(self, loop: Loop, sock: socket.socket, protocol: Any) -> None:
         self._loop = loop
@@ -285,6 +286,11 @@ class SocketTransport:
         self._shut_wr = False
         self._reading = True
         self._events = _EVENT_READ
+        self._corked = False
+        # Cork the writes made while handling each read (see _on_read). Worth it where one
+        # read carries many small messages (WebSocket frames); an HTTP request and its one
+        # response would only pay for the bookkeeping, so the server turns it on at the upgrade.
+        self.cork_reads = False
         self._on_events_cb = self._on_events
         loop._register(sock, _EVENT_READ, self._on_events_cb)
 
@@ -367,7 +373,19 @@ class SocketTransport:
             return
         if n:
             # A copy of exactly what arrived: protocols may keep it.
-            self._protocol.data_received(loop._recv_view[:n].tobytes())
+            data = loop._recv_view[:n].tobytes()
+            if not self.cork_reads:
+                self._protocol.data_received(data)
+                return
+            # Writes made while the protocol handles these bytes are corked: queued, then
+            # sent together when it returns (one sendmsg for a burst of small frames
+            # instead of one send each).
+            self._corked = True
+            try:
+                self._protocol.data_received(data)
+            finally:
+                self._corked = False
+                self.flush()
         else:
             self.pause_reading()
             self._protocol.eof_received()
@@ -377,9 +395,8 @@ class SocketTransport:
         """Queue ``data``; sent as soon as the kernel takes it. Ignored once closing."""
         if self._closing or self._closed or self._shut_wr or not data:
             return
-        if self._wbuf:
-            self._wbuf.append(data)
-            self._wsize += len(data)
+        if self._wbuf or self._corked:
+            self._queue(data)
             return
         try:
             sent = self._sock.send(data)
@@ -395,11 +412,10 @@ class SocketTransport:
         """Queue several buffers, sent with one ``sendmsg`` (no joining copy)."""
         if self._closing or self._closed or self._shut_wr:
             return
-        if self._wbuf:
+        if self._wbuf or self._corked:
             for part in parts:
                 if part:
-                    self._wbuf.append(part)
-                    self._wsize += len(part)
+                    self._queue(part)
             return
         try:
             sent = self._sock.sendmsg(parts)
@@ -421,7 +437,37 @@ class SocketTransport:
             self._wbuf = deque()
         self._wbuf.append(data)
         self._wsize += len(data)
-        if not self._events & _EVENT_WRITE:
+        if not self._events & _EVENT_WRITE and not self._corked:
+            self._set_events(self._events | _EVENT_WRITE)
+
+    def flush(self) -> None:
+        """Send what is queued now, even while corked (the 101 before the WebSocket callback)."""
+        if self._wbuf and not self._closed and not self._events & _EVENT_WRITE:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        # Send what was queued while corked now; what the kernel does not take waits for
+        # the socket to become writable, as any other queued data.
+        wbuf = self._wbuf
+        if len(wbuf) == 1:
+            # Hot path (one response or one frame per read): a plain send.
+            data = wbuf[0]
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            self._wsize -= sent
+            if sent == len(data):
+                self._wbuf = None
+                self._drained()
+                return
+            wbuf[0] = memoryview(data)[sent:]
+        else:
+            self._on_write()
+        if self._wbuf and not self._closed and not self._events & _EVENT_WRITE:
             self._set_events(self._events | _EVENT_WRITE)
 
     def _on_write(self) -> None:

@@ -468,6 +468,7 @@ class Server(SignalEmitter):
         response_headers.replace("Connection", "Upgrade")
         conn.transport.write(build_response_head(version, 101, msg.get_reason_phrase(),
                                                  response_headers))
+        conn.transport.flush()  # the callback runs once the 101 is written (SPEC 1)
         transport = conn.transport
         leftover = conn.parser.take_buffer()
         self._http.discard(conn)
@@ -483,6 +484,7 @@ class Server(SignalEmitter):
         ws._remote = msg.get_remote_address()
         self._websockets.add(ws)
         transport.set_protocol(ws)
+        transport.cork_reads = True
         self._access_log(msg, 0)
         self.emit("request-finished", msg)
         last_callback.value = callback
