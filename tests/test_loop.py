@@ -227,3 +227,45 @@ def test_pause_and_resume_reading():
     transport.abort()
     peer.close()
     loop.close()
+
+
+class Echo(Recorder):
+    """Writes three answers per read, then optionally closes: exercises corked writes."""
+
+    def __init__(self, close_after=False):
+        super().__init__()
+        self.transport = None
+        self.close_after = close_after
+
+    def data_received(self, data):
+        super().data_received(data)
+        for i in range(3):
+            self.transport.write(b"%d:%s;" % (i, data))
+        self.transport.writelines([b"[", b"lines", b"]"])
+        if self.close_after:
+            self.transport.close()
+
+
+def test_corked_writes_are_sent_together_in_order_and_close_flushes_them():
+    for close_after in (False, True):
+        loop = Loop()
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        proto = Echo(close_after)
+        transport = proto.transport = SocketTransport(loop, ours, proto)
+        transport.cork_reads = True
+        peer.sendall(b"x")
+        run_until(loop, lambda: proto.data)
+        peer.settimeout(5)
+        expected = b"0:x;1:x;2:x;[lines]"
+        got = b""
+        while len(got) < len(expected):
+            got += peer.recv(100)
+        assert got == expected
+        assert transport.get_write_buffer_size() == 0
+        if close_after:
+            assert peer.recv(100) == b"" and proto.lost == [None]
+        else:
+            transport.abort()
+        peer.close()
+        loop.close()
