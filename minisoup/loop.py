@@ -268,7 +268,9 @@ class SocketTransport:
     ``write`` never blocks: what the kernel does not take at once is queued and
     sent when the socket becomes writable. ``close`` flushes first; ``abort`` does
     not. ``shutdown_write`` sends FIN after the buffer drains and keeps reading
-    (the lingering close of a failed WebSocket connection).
+    (the lingering close of a failed WebSocket connection). With ``cork_reads`` set,
+    the writes made while the protocol handles one read are sent together when it
+    returns (``flush`` sends them earlier).
     """
 
     __slots__ = ("_loop", "_sock", "_protocol", "_wbuf", "_wsize", "_events",
@@ -441,34 +443,14 @@ class SocketTransport:
             self._set_events(self._events | _EVENT_WRITE)
 
     def flush(self) -> None:
-        """Send what is queued now, even while corked (the 101 before the WebSocket callback)."""
-        if self._wbuf and not self._closed and not self._events & _EVENT_WRITE:
-            self._uncork()
+        """Send what is queued now, even while corked (the 101 before the WebSocket callback).
 
-    def _uncork(self) -> None:
-        # Send what was queued while corked now; what the kernel does not take waits for
-        # the socket to become writable, as any other queued data.
-        wbuf = self._wbuf
-        if len(wbuf) == 1:
-            # Hot path (one response or one frame per read): a plain send.
-            data = wbuf[0]
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._fatal(exc)
-                return
-            self._wsize -= sent
-            if sent == len(data):
-                self._wbuf = None
-                self._drained()
-                return
-            wbuf[0] = memoryview(data)[sent:]
-        else:
-            self._on_write()
+        What the kernel does not take waits for the socket to become writable, as any
+        other queued data."""
         if self._wbuf and not self._closed and not self._events & _EVENT_WRITE:
-            self._set_events(self._events | _EVENT_WRITE)
+            self._on_write()
+            if self._wbuf and not self._closed:
+                self._set_events(self._events | _EVENT_WRITE)
 
     def _on_write(self) -> None:
         wbuf = self._wbuf
