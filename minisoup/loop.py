@@ -257,10 +257,6 @@ class Loop:
         self._wake_r.close()
         self._wake_w.close()
 
-    def get_map(self) -> Any:
-        """The selector's key map (for introspection and tests)."""
-        return self._selector.get_map()
-
 
 class SocketTransport:
     """A non-blocking connected socket with a write buffer, driving one protocol object.
@@ -300,19 +296,6 @@ class SocketTransport:
     def get_write_buffer_size(self) -> int:
         """Bytes queued and not yet taken by the kernel."""
         return self._wsize
-
-    def get_extra_info(self, name: str) -> Any:
-        """``"peername"``, ``"sockname"`` or ``"socket"``."""
-        try:
-            if name == "peername":
-                return self._sock.getpeername()
-            if name == "sockname":
-                return self._sock.getsockname()
-        except OSError:
-            return None
-        if name == "socket":
-            return self._sock
-        return None
 
     def is_closing(self) -> bool:
         """True once ``close``/``abort`` was called or the connection was lost."""
