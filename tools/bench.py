@@ -320,11 +320,13 @@ class Summary:
         self.median = self.results[(len(self.results) - 1) // 2]
         self.rate = self.median.rate
 
-    def spread(self, fmt: str = ",.0f") -> str:
+    def spread(self, fmt: str = ",.0f", scale: float = 1.0) -> str:
+        """The rounds' range, in the figure's unit (rates times ``scale``)."""
         if len(self.results) < 2:
             return "1 run"
-        return "median of %d, %s-%s" % (len(self.results), format(self.results[0].rate, fmt),
-                                         format(self.results[-1].rate, fmt))
+        return "median of %d, %s-%s" % (len(self.results),
+                                         format(self.results[0].rate * scale, fmt),
+                                         format(self.results[-1].rate * scale, fmt))
 
     def notes(self) -> list:
         seen, out = set(), []
@@ -378,9 +380,12 @@ def detail(text: str) -> None:
 
 
 def measured(label: str, summary: Summary, unit: str, per_op: str = "msg",
-             value: str = "") -> None:
+             value: str = "", scale: float = 1.0) -> None:
+    """One figure: ``value`` (default: the rate in ``unit``), its range over the rounds
+    (rates times ``scale``, the unit of ``value``) and the CPU it took."""
     r = summary.median
-    line(label, value or "%s %s" % (format(summary.rate, ",.0f"), unit), "(%s)" % summary.spread())
+    line(label, value or "%s %s" % (format(summary.rate, ",.0f"), unit),
+         "(%s)" % summary.spread(scale=scale))
     detail("CPU: %s; per %s %.1f us server CPU, %.1f us of it user"
            % (r.cpu_text(), per_op, r.cpu_us_per_op(), r.user_us_per_op()))
     for note in summary.notes()[:4]:
@@ -467,7 +472,7 @@ def bench_ws(timing: dict) -> None:
     big = s["big"]
     big_mb = big.rate * MiB / 1e6
     measured("(c) echo, 1 MiB binary messages", big, "", "MiB message",
-             value="%.0f MB/s" % big_mb)
+             value="%.0f MB/s" % big_mb, scale=MiB / 1e6)
     detail("%.0f msg/s; 1 load process x %d connections" % (big.rate, big_conns))
 
     mask_mb = bench_mask_table(timing)
@@ -479,12 +484,12 @@ def bench_ws(timing: dict) -> None:
            % (big.median.cpu_us_per_op(), unmask_us))
     raw = s["big-raw"]
     measured("(c) for scale: raw TCP echo of 1 MiB, same Loop", raw, "", "MiB message",
-             value="%.0f MB/s" % (raw.rate * MiB / 1e6))
+             value="%.0f MB/s" % (raw.rate * MiB / 1e6), scale=MiB / 1e6)
     detail("server CPU per MiB with no framing: %.0f us (the transport's share of (c))"
            % raw.median.cpu_us_per_op())
     kept = s["big-malloc"]
     measured("(c) again, glibc keeping freed memory", kept, "", "MiB message",
-             value="%.0f MB/s" % (kept.rate * MiB / 1e6))
+             value="%.0f MB/s" % (kept.rate * MiB / 1e6), scale=MiB / 1e6)
     detail("server env %s" % " ".join("%s=%s" % kv for kv in sorted(MALLOC_KEEP.items())))
     detail("(each big message otherwise pays fresh pages: malloc gives freed MiBs back "
            "to the kernel)")
