@@ -5,7 +5,9 @@ No threads. Everything that happens in a worker is a callback run from
 wake-up socket so they interrupt ``select``). :class:`SocketTransport` wraps one
 connected socket with a write buffer and drives a *protocol* object with the
 asyncio-like methods ``data_received(data)``, ``eof_received()``,
-``connection_lost(exc)`` and, optionally, ``write_drained()``.
+``connection_lost(exc)`` and, optionally, ``write_drained()`` and the pair
+``get_buffer()`` / ``buffer_updated(nbytes)`` (receive straight into the
+protocol's memory when ``get_buffer`` returns a view rather than None).
 """
 
 import errno
@@ -269,7 +271,7 @@ class SocketTransport:
     returns (``flush`` sends them earlier).
     """
 
-    __slots__ = ("_loop", "_sock", "_protocol", "_wbuf", "_wsize", "_events",
+    __slots__ = ("_loop", "_sock", "_protocol", "_get_buffer", "_wbuf", "_wsize", "_events",
                  "_closing", "_closed", "_shut_wr", "_reading", "_on_events_cb", "_corked",
                  "cork_reads", "__weakref__")
 
@@ -277,6 +279,7 @@ class SocketTransport:
         self._loop = loop
         self._sock = sock
         self._protocol = protocol
+        self._get_buffer = getattr(protocol, "get_buffer", None)
         self._wbuf = None  # type: Optional[Deque]   # created on the first short write
         self._wsize = 0
         self._closing = False
@@ -304,6 +307,7 @@ class SocketTransport:
     def set_protocol(self, protocol: Any) -> None:
         """Hand the byte stream to another protocol (the WebSocket upgrade)."""
         self._protocol = protocol
+        self._get_buffer = getattr(protocol, "get_buffer", None)
 
     # -- reading ---------------------------------------------------------------
     def pause_reading(self) -> None:
@@ -349,31 +353,38 @@ class SocketTransport:
 
     def _on_read(self) -> None:
         loop = self._loop
+        # A protocol with get_buffer() may name where the bytes go (the rest of a big
+        # WebSocket payload): received there, with no copy; else into the loop's buffer.
+        target = self._get_buffer() if self._get_buffer is not None else None
         try:
-            n = self._sock.recv_into(loop._recv_buf)
+            n = self._sock.recv_into(loop._recv_buf if target is None else target)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal(exc)
             return
-        if n:
-            # A copy of exactly what arrived: protocols may keep it.
-            data = loop._recv_view[:n].tobytes()
-            if not self.cork_reads:
-                self._protocol.data_received(data)
-                return
-            # Writes made while the protocol handles these bytes are corked: queued, then
-            # sent together when it returns (one sendmsg for a burst of small frames
-            # instead of one send each).
-            self._corked = True
-            try:
-                self._protocol.data_received(data)
-            finally:
-                self._corked = False
-                self.flush()
-        else:
+        if not n:
             self.pause_reading()
             self._protocol.eof_received()
+            return
+        if target is None:
+            # A copy of exactly what arrived: protocols may keep it.
+            deliver, arg = self._protocol.data_received, loop._recv_view[:n].tobytes()
+        else:
+            target.release()
+            deliver, arg = self._protocol.buffer_updated, n
+        if not self.cork_reads:
+            deliver(arg)
+            return
+        # Writes made while the protocol handles these bytes are corked: queued, then
+        # sent together when it returns (one sendmsg for a burst of small frames
+        # instead of one send each).
+        self._corked = True
+        try:
+            deliver(arg)
+        finally:
+            self._corked = False
+            self.flush()
 
     # -- writing ----------------------------------------------------------------
     def write(self, data: bytes) -> None:

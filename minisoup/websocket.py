@@ -284,6 +284,24 @@ class WebsocketConnection(SignalEmitter):
         if self._discarding or parser is None:
             return
         parser.feed(data)
+        self._process(parser)
+
+    def get_buffer(self) -> Optional[memoryview]:
+        """Where the transport may receive the next bytes directly (the rest of a big
+        frame's payload), or None for a normal read and :meth:`data_received`."""
+        parser = self._parser
+        # Called before every read: one attribute test in the common case.
+        if parser is None or not parser.collecting or self._discarding:
+            return None
+        return parser.recv_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were received into the view :meth:`get_buffer` returned."""
+        parser = self._parser
+        parser.recv_done(nbytes)
+        self._process(parser)
+
+    def _process(self, parser: FrameParser) -> None:
         next_frame = parser.next_frame
         handle = self._handle_frame
         try:

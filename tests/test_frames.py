@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from minisoup import frames as frames_mod
 from minisoup.frames import (
     MAX_CONTROL_PAYLOAD, RSV1, RSV2, RSV3, CloseCode, FrameParser, Opcode,
     ProtocolError, Utf8Validator, apply_mask, apply_mask_int,
@@ -380,3 +381,124 @@ def test_utf8_valid_edges():
     validator = Utf8Validator()
     validator.feed(text.encode("utf-8"), True)
     assert validator.result() == text
+
+
+# --- big payloads: slabbed unmasking, direct receive, chunk pool ----------------
+
+@pytest.mark.parametrize("extra", [-5, -4, -1, 0, 1, 3, 4, 7])
+def test_translate_mask_across_slab_boundaries(extra):
+    rng = random.Random(extra)
+    n = 2 * frames_mod.UNMASK_SLAB + extra
+    data = random_bytes(rng, n)
+    key = random_bytes(rng, 4)
+    assert apply_mask_translate(data, key) == apply_mask_int(data, key)
+
+
+def feed_in_pieces(parser, data, rng, direct_share=0.7, largest=300000):
+    """Give ``data`` to the parser as a transport would: into recv_buffer() when it offers
+    one (most of the time), else through feed(); random piece sizes. Returns the frames."""
+    frames, pos = [], 0
+    while pos < len(data):
+        view = parser.recv_buffer()
+        if view is not None and rng.random() < direct_share:
+            n = min(len(view), rng.randint(1, largest), len(data) - pos)
+            view[:n] = data[pos:pos + n]
+            view.release()
+            parser.recv_done(n)
+        else:
+            if view is not None:
+                view.release()
+            n = rng.choice([1, 2, 7, rng.randint(1, largest)])
+            parser.feed(data[pos:pos + n])
+        pos += n
+        frame = parser.next_frame()
+        while frame is not None:
+            frames.append(frame)
+            frame = parser.next_frame()
+    return frames
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_big_payload_received_directly_in_random_pieces(masked):
+    rng = random.Random(7692 + masked)
+    sizes = [frames_mod.DIRECT_MIN, frames_mod.DIRECT_MIN + 1, 100003, 1 << 20, 3 * (1 << 20) + 1]
+    for n in sizes:
+        for _ in range(3):
+            payload = random_bytes(rng, n)
+            key = random_bytes(rng, 4) if masked else None
+            data = (build_frame(Opcode.BINARY, payload, mask_key=key)
+                    + build_frame(Opcode.TEXT, b"after", mask_key=key)
+                    + build_frame(Opcode.BINARY, payload[:70000], fin=False, mask_key=key))
+            frames = feed_in_pieces(FrameParser(require_mask=masked), data, rng)
+            assert [f[:3] for f in frames] == [(Opcode.BINARY, True, 0), (Opcode.TEXT, True, 0),
+                                               (Opcode.BINARY, False, 0)]
+            assert frames[0][3] == payload
+            assert frames[1][3] == b"after"
+            assert frames[2][3] == payload[:70000]
+
+
+def test_recv_buffer_only_inside_a_big_payload_and_never_past_its_end():
+    parser = FrameParser(require_mask=True)
+    assert parser.recv_buffer() is None
+    parser.feed(build_frame(Opcode.BINARY, b"x" * 1000, mask_key=KEY))
+    assert parser.recv_buffer() is None            # small frames are parsed from feed()
+    assert parser.next_frame()[3] == b"x" * 1000
+    payload = bytes(range(256)) * 400               # 102,400 bytes
+    frame = build_frame(Opcode.BINARY, payload, mask_key=KEY)
+    header = frame[:14]
+    parser.feed(header[:5])                          # mask key not complete yet
+    assert parser.next_frame() is None and parser.recv_buffer() is None
+    parser.feed(header[5:])
+    assert parser.next_frame() is None
+    received = 0
+    while received < len(payload):
+        view = parser.recv_buffer()
+        assert 0 < len(view) <= len(payload) - received
+        n = len(view)
+        view[:] = frame[14 + received:14 + received + n]
+        view.release()
+        parser.recv_done(n)
+        received += n
+    assert parser.recv_buffer() is None
+    assert parser.next_frame() == (Opcode.BINARY, True, 0, payload)
+    assert parser.buffered() == 0
+
+
+def test_a_huge_announced_frame_ties_up_memory_only_for_what_arrives():
+    parser = FrameParser(require_mask=True)           # no size limit
+    parser.feed(frame_header(Opcode.BINARY, 1 << 40, mask_key=KEY) + b"abc")
+    assert parser.next_frame() is None
+    view = parser.recv_buffer()
+    assert len(view) <= frames_mod.DIRECT_CHUNK_MIN  # not 1 TiB, not even 1 MiB
+    view.release()
+    got = 3
+    while got < (1 << 20):
+        view = parser.recv_buffer()
+        n = len(view)
+        view.release()
+        parser.recv_done(n)
+        got += n
+        held = sum(len(c) for c in parser._big._chunks) + len(parser._big._chunk or b"")
+        assert held <= 2 * got + frames_mod.DIRECT_CHUNK_MIN
+    assert parser.buffered() == got
+
+
+def test_payload_chunks_go_back_to_a_bounded_pool():
+    pool = frames_mod._CHUNK_POOL
+    parser = FrameParser(require_mask=True)
+    payload = b"\x00" * (1 << 20)
+    frames = parse_all(parser, build_frame(Opcode.BINARY, payload[:100], mask_key=KEY))
+    assert frames[0][3] == payload[:100]
+    data = build_frame(Opcode.BINARY, payload, mask_key=KEY)
+    parser.feed(data[:20])
+    assert parser.next_frame() is None
+    parser.feed(data[20:])
+    assert parser.next_frame()[3] == payload
+    assert 0 < pool.size() <= pool.limit
+    small = frames_mod._ChunkPool(limit=100000)
+    chunk = small.take(65536)
+    assert len(chunk) == 65536
+    small.give(chunk)
+    small.give(bytearray(65536))                     # over the limit: dropped
+    assert small.size() == 65536
+    assert small.take(65536) is chunk and small.size() == 0

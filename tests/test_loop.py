@@ -269,3 +269,57 @@ def test_corked_writes_are_sent_together_in_order_and_close_flushes_them():
             transport.abort()
         peer.close()
         loop.close()
+
+
+class Direct(Recorder):
+    """Offers a buffer of its own for the first ``room`` bytes (get_buffer), then none."""
+
+    def __init__(self, room):
+        super().__init__()
+        self.store = bytearray(room)
+        self.filled = 0
+        self.updates = []
+
+    def get_buffer(self):
+        if self.filled == len(self.store):
+            return None
+        return memoryview(self.store)[self.filled:]
+
+    def buffer_updated(self, nbytes):
+        self.updates.append(nbytes)
+        self.filled += nbytes
+
+
+def test_a_protocol_buffer_receives_the_bytes_it_asks_for_and_the_rest_goes_to_data_received():
+    for cork in (False, True):
+        loop = Loop()
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        proto = Direct(room=10000)
+        transport = SocketTransport(loop, ours, proto)
+        transport.cork_reads = cork
+        message = bytes(range(256)) * 50          # 12,800 bytes
+        peer.sendall(message)
+        peer.shutdown(socket.SHUT_WR)
+        run_until(loop, lambda: proto.eof)
+        assert bytes(proto.store) == message[:10000]
+        assert sum(proto.updates) == 10000 and all(proto.updates)
+        assert b"".join(proto.data) == message[10000:]
+        transport.abort()
+        peer.close()
+        loop.close()
+
+
+def test_set_protocol_picks_up_the_new_protocols_get_buffer():
+    loop = Loop()
+    transport, first, peer = make_pair(loop)
+    peer.sendall(b"http")
+    run_until(loop, lambda: first.data)
+    second = Direct(room=4)
+    transport.set_protocol(second)
+    peer.sendall(b"wsws+rest")
+    run_until(loop, lambda: second.data)
+    assert bytes(second.store) == b"wsws" and b"".join(second.data) == b"+rest"
+    transport.abort()
+    peer.close()
+    loop.close()

@@ -9,6 +9,7 @@ Every server runs in a thread on port 0 (``conftest.running``) and is always sto
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,9 @@ import pytest
 import minisoup
 from minisoup import WebsocketConnectionType, WebsocketDataType, WebsocketState
 from conftest import running
-from wsraw import (BINARY, CLOSE, PING, TEXT, RawWebSocket, handshake_request, http_exchange,
+import wsraw
+from minisoup.frames import build_frame
+from wsraw import (BINARY, CLOSE, PING, PONG, TEXT, RawWebSocket, handshake_request, http_exchange,
                    http_exchange_closing, read_response_head)
 
 T = 3.0  # generous upper bound for anything that should take milliseconds
@@ -837,6 +840,60 @@ def test_raised_limits_allow_64_mib_message():
             assert client.recv(timeout=10) == (WebsocketDataType.TEXT, str(size))
             elapsed = time.monotonic() - t0
     assert elapsed < 5.0, "64 MiB took %.1f s" % elapsed
+
+
+class Unlimited(Recorder):
+    """A Recorder that lifts both size limits (big frames are received directly)."""
+
+    def __call__(self, server, msg, path, conn, user_data):
+        conn.set_max_incoming_payload_size(0)
+        conn.set_max_total_message_size(0)
+        super().__call__(server, msg, path, conn, user_data)
+
+
+def send_in_pieces(sock, data, rng):
+    """Send ``data`` in random pieces, now and then pausing so the server reads them apart."""
+    pos = 0
+    while pos < len(data):
+        n = rng.choice([1, 3, 1000, rng.randint(1, 200000)])
+        sock.sendall(data[pos:pos + n])
+        pos += n
+        if rng.random() < 0.1:
+            time.sleep(0.001)
+
+
+def test_big_frames_in_random_pieces_with_control_frames_between():
+    rng = random.Random(20261125)
+    binary = os.urandom((1 << 20) + 5)
+    text = ("\u00e9t\u00e9 \U0001f600 " * 30000).encode("utf-8")   # ~390 KB of multi-byte text
+    key = wsraw.MASK_KEY
+    server, rec = ws_server(Unlimited())
+    with running(server) as port:
+        with RawWebSocket(port) as raw:
+            stream = (build_frame(BINARY, binary, mask_key=key) + build_frame(PING, b"p", mask_key=key)
+                      + build_frame(TEXT, text[:200001], fin=False, mask_key=key)
+                      + build_frame(PING, b"q", mask_key=key)
+                      + build_frame(0, text[200001:], mask_key=key))
+            send_in_pieces(raw.sock, stream, rng)
+            assert raw.read_frame(timeout=10) == (BINARY, True, 0, binary)
+            assert raw.read_frame() == (PONG, True, 0, b"p")
+            assert raw.read_frame() == (PONG, True, 0, b"q")
+            assert raw.read_frame(timeout=10) == (TEXT, True, 0, text)
+            bad = text[:150000] + b"\xff" + text[150000:300000]
+            send_in_pieces(raw.sock, build_frame(TEXT, bad, mask_key=key), rng)
+            raw.expect_close(1007)
+
+
+def test_peer_vanishing_inside_a_big_frame_closes_1006():
+    server, rec = ws_server(Unlimited())
+    with running(server) as port:
+        raw = RawWebSocket(port)
+        frame = build_frame(BINARY, b"z" * (1 << 20), mask_key=wsraw.MASK_KEY)
+        raw.sock.sendall(frame[:600000])
+        time.sleep(0.05)
+        raw.sock.close()
+        closed = rec.wait_closed()
+        assert len(closed) == 1 and closed[0].get_close_code() == 1006
 
 
 def test_write_buffer_limit_closes_1008(caplog):

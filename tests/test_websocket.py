@@ -116,6 +116,29 @@ def test_fragments_with_a_ping_in_between():
     assert transport.frames() == [(Opcode.PONG, True, 0, b"p")]
 
 
+def test_big_payload_is_offered_a_direct_buffer_and_delivered_whole():
+    conn, transport, _, events = server_connection()
+    conn.set_max_incoming_payload_size(0)
+    conn.set_max_total_message_size(0)
+    assert conn.get_buffer() is None                 # nothing pending: normal reads
+    payload = bytes(range(256)) * 1024               # 256 KiB
+    frame = client_frame(Opcode.BINARY, payload)
+    conn.data_received(frame[:1000])                 # header and the start of the payload
+    pos = 1000
+    while pos < len(frame):
+        view = conn.get_buffer()
+        assert view is not None and len(view) <= len(frame) - pos
+        n = min(len(view), 50000)
+        view[:n] = frame[pos:pos + n]
+        view.release()
+        conn.buffer_updated(n)
+        pos += n
+    assert conn.get_buffer() is None
+    assert events == [("message", WebsocketDataType.BINARY, payload)]
+    conn.data_received(client_frame(Opcode.PING, b"after"))
+    assert transport.frames() == [(Opcode.PONG, True, 0, b"after")]
+
+
 def test_peer_initiated_close_is_echoed_and_the_server_closes_tcp():
     conn, transport, _, events = server_connection()
     conn.data_received(client_frame(Opcode.CLOSE, build_close_payload(4001, "bye")))
