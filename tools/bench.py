@@ -60,7 +60,8 @@ START_TIMEOUT_S = 30.0   # for a server to listen, for load processes to connect
 STOP_TIMEOUT_S = 10.0    # SIGTERM, then SIGKILL of the whole process group
 MiB = 1024 * 1024
 # glibc tunables that stop malloc from handing freed MiB-sized blocks back to the kernel
-# (and faulting fresh zeroed pages in for the next message): shown next to figure (c).
+# (and faulting fresh zeroed pages in for the next message): figure (c) again with them
+# shows whether the server's own memory reuse (frames.py's chunk pool) is enough.
 MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(64 * MiB), "MALLOC_TRIM_THRESHOLD_": str(128 * MiB)}
 OTHER_CPU_NOTE = 0.10    # report other processes' CPU from 10% of a core
 
@@ -491,10 +492,14 @@ def bench_ws(timing: dict) -> None:
     measured("(c) again, glibc keeping freed memory", kept, "", "MiB message",
              value="%.0f MB/s" % (kept.rate * MiB / 1e6), scale=MiB / 1e6)
     detail("server env %s" % " ".join("%s=%s" % kv for kv in sorted(MALLOC_KEEP.items())))
-    detail("(each big message otherwise pays fresh pages: malloc gives freed MiBs back "
-           "to the kernel)")
+    detail("(a check that (c) does not depend on malloc handing freed MiBs back to the")
+    detail(" kernel and faulting fresh pages in for the next message)")
     line("(c) with that / (d)", "%.0f%%" % (kept.rate * MiB / 1e6 / mask_mb * 100),
          "(by server CPU per operation: %.0f%%)" % (unmask_us / kept.median.cpu_us_per_op() * 100))
+    transport_us = raw.median.cpu_us_per_op()
+    line("ceiling of (c) / (d) here", "%.0f%%" % (unmask_us / (unmask_us + transport_us) * 100),
+         "unmasking + the transport alone: %.0f / (%.0f + %.0f) us per MiB"
+         % (unmask_us, unmask_us, transport_us))
 
     hs_procs = 4
     hs = measure([Case("hs", "minisoup", "handshake", hs_procs, 1, ("--path", "/echo"))],
