@@ -271,7 +271,8 @@ class SocketTransport:
     returns (``flush`` sends them earlier).
     """
 
-    __slots__ = ("_loop", "_sock", "_protocol", "_get_buffer", "_wbuf", "_wsize", "_events",
+    __slots__ = ("_loop", "_sock", "_protocol", "_get_buffer", "_write_drained", "_wbuf",
+                 "_wsize", "_events",
                  "_closing", "_closed", "_shut_wr", "_reading", "_on_events_cb", "_corked",
                  "cork_reads", "__weakref__")
 
@@ -279,7 +280,9 @@ class SocketTransport:
         self._loop = loop
         self._sock = sock
         self._protocol = protocol
+        # Optional protocol methods, looked up once (a missing attribute costs an exception).
         self._get_buffer = getattr(protocol, "get_buffer", None)
+        self._write_drained = getattr(protocol, "write_drained", None)
         self._wbuf = None  # type: Optional[Deque]   # created on the first short write
         self._wsize = 0
         self._closing = False
@@ -308,6 +311,7 @@ class SocketTransport:
         """Hand the byte stream to another protocol (the WebSocket upgrade)."""
         self._protocol = protocol
         self._get_buffer = getattr(protocol, "get_buffer", None)
+        self._write_drained = getattr(protocol, "write_drained", None)
 
     # -- reading ---------------------------------------------------------------
     def pause_reading(self) -> None:
@@ -451,9 +455,13 @@ class SocketTransport:
         if not wbuf:
             self._set_events(self._events & ~_EVENT_WRITE)
             return
-        parts = [wbuf[i] for i in range(min(len(wbuf), MAX_IOV))]
         try:
-            sent = self._sock.sendmsg(parts)
+            if len(wbuf) == 1:
+                # The usual corked answer to one small frame: send() costs ~0.2 us less
+                # than a one-buffer sendmsg() (no iovec to build).
+                sent = self._sock.send(wbuf[0])
+            else:
+                sent = self._sock.sendmsg([wbuf[i] for i in range(min(len(wbuf), MAX_IOV))])
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -480,9 +488,8 @@ class SocketTransport:
             return
         if self._shut_wr:
             self._do_shutdown()
-        drained = getattr(self._protocol, "write_drained", None)
-        if drained is not None:
-            drained()
+        if self._write_drained is not None:
+            self._write_drained()
 
     # -- closing ------------------------------------------------------------------
     def close(self) -> None:
