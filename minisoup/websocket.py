@@ -396,7 +396,9 @@ class WebsocketConnection(SignalEmitter):
             self._close_code, self._close_data = code, reason
             if not self._sent_close:
                 self._set_closing()
-                self._write_close(code if code != CloseCode.NO_STATUS else 0, "")
+                # The peer's code is echoed; an empty close is answered with 1000, as libsoup
+                # does (get_close_code() still reports 1005, "no status", as libsoup).
+                self._write_close(code if code != CloseCode.NO_STATUS else CloseCode.NORMAL, "")
             self._closing_handshake_done()
 
     # -- closing ----------------------------------------------------------------------------------

@@ -48,11 +48,18 @@ def normal(server, msg, path, query, *data):
 def on_ws(server, msg, path, conn, *data):
     CONNS.append(conn)
 
+def on_echo(server, msg, path, conn, *data):
+    CONNS.append(conn)
+    def echo(conn, kind, message):
+        conn.send_message(kind, message)
+    conn.connect("message", echo)
+
 CONNS = []
 server = Soup.Server()
 server.add_handler("/n", normal)
 server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], on_ws)
 server.add_websocket_handler("/open", None, None, on_ws)
+server.add_websocket_handler("/echo", None, None, on_echo)
 server.listen_local(0, Soup.ServerListenOptions.IPV4_ONLY)
 print(server.get_uris()[0].get_port(), flush=True)
 loop = GLib.MainLoop()
@@ -70,6 +77,11 @@ def _register(server):
     server.add_handler("/n", normal)
     server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], lambda *a: None)
     server.add_websocket_handler("/open", None, None, lambda *a: None)
+
+    def on_echo(server_, msg, path, conn, user_data):
+        conn.connect("message", lambda c, kind, message: c.send_message(kind, message))
+
+    server.add_websocket_handler("/echo", None, None, on_echo)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +166,83 @@ def test_same_answer_as_libsoup(ports, case):
     request = CASES[case](_key())  # one key for both: the Sec-WebSocket-Accept must agree too
     expected = _exchange(libsoup_port, request)
     assert _exchange(minisoup_port, request) == expected
+
+
+# -- the WebSocket protocol after the handshake ------------------------------------------------
+
+def _frame(opcode, payload=b"", fin=True, rsv=0, mask=True):
+    from minisoup.frames import build_frame
+    return build_frame(opcode, payload, fin, rsv, b"\x11\x22\x33\x44" if mask else None)
+
+
+def _close_payload(code, reason=b""):
+    return code.to_bytes(2, "big") + reason
+
+
+# Frames a client sends after the upgrade; both servers echo messages. Only cases where
+# SPEC.md and libsoup agree (SPEC.md names where they differ on purpose: close codes
+# 1012-1014, a non-UTF-8 close reason, an oversized frame).
+FRAME_CASES = {
+    "text and binary echoed": [_frame(1, b"hello"), _frame(2, b"\x00\xff")],
+    "fragmented text with a ping inside": [_frame(1, b"he", fin=False), _frame(9, b"p"),
+                                           _frame(0, b"llo")],
+    "ping answered with its payload": [_frame(9, b"ping data")],
+    "clean close 1000 echoed": [_frame(8, _close_payload(1000, b"bye"))],
+    "close without a code": [_frame(8, b"")],
+    "unmasked client frame": [_frame(1, b"x", mask=False)],
+    "RSV2 without an extension": [_frame(1, b"x", rsv=2)],
+    "reserved opcode 3": [_frame(3, b"x")],
+    "reserved control opcode 11": [_frame(11, b"")],
+    "fragmented ping": [_frame(9, b"x", fin=False)],
+    "ping of 126 bytes": [_frame(9, b"x" * 126)],
+    "continuation without a start": [_frame(0, b"x")],
+    "new message inside a fragmented one": [_frame(1, b"a", fin=False), _frame(1, b"b")],
+    "invalid UTF-8 in a text message": [_frame(1, b"\xff\xfe")],
+    "close with a 1-byte payload": [_frame(8, b"\x03")],
+    "close with code 999": [_frame(8, _close_payload(999))],
+    "close with code 1005": [_frame(8, _close_payload(1005))],
+    "close with code 3000 echoed": [_frame(8, _close_payload(3000))],
+}
+
+
+def _ws_session(port, frames, timeout=3.0):
+    """Upgrade, send ``frames``, and read the server's frames until its close frame (or EOF):
+    a list of (opcode, payload) for data and pong frames, then ("close", code)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        sock.sendall(_upgrade(_key(), "/echo").encode("latin-1"))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            assert chunk, "no handshake answer"
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sock.sendall(b"".join(frames))
+        out = []
+        while True:
+            while len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F if buf[1] & 0x7F < 126 else 0):
+                try:
+                    chunk = sock.recv(65536)
+                except (ConnectionResetError, socket.timeout):
+                    chunk = b""
+                if not chunk:
+                    out.append(("eof",))
+                    return out
+                buf += chunk
+            opcode, length = buf[0] & 0x0F, buf[1] & 0x7F
+            assert length < 126, "the cases only provoke short frames"
+            payload, buf = buf[2:2 + length], buf[2 + length:]
+            if opcode == 8:
+                out.append(("close", int.from_bytes(payload[:2], "big") if payload else None))
+                return out
+            out.append((opcode, payload))
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("case", sorted(FRAME_CASES))
+def test_same_frames_as_libsoup(ports, case):
+    libsoup_port, minisoup_port = ports
+    expected = _ws_session(libsoup_port, FRAME_CASES[case])
+    assert _ws_session(minisoup_port, FRAME_CASES[case]) == expected

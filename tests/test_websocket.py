@@ -148,6 +148,13 @@ def test_peer_initiated_close_is_echoed_and_the_server_closes_tcp():
     assert [e[0] for e in events] == ["closing", "closed"]
 
 
+def test_an_empty_close_is_answered_with_1000_and_reported_as_no_status():
+    conn, transport, _, events = server_connection()
+    conn.data_received(client_frame(Opcode.CLOSE, b""))
+    assert transport.frames() == [(Opcode.CLOSE, True, 0, build_close_payload(1000))]
+    assert conn.get_close_code() == 1005 and events[-1] == ("closed",)
+
+
 def test_our_close_waits_for_the_peer_then_times_out():
     conn, transport, clock, events = server_connection(close_timeout=5)
     conn.close(1000, "done")
