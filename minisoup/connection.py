@@ -12,7 +12,7 @@ from typing import Any, Optional
 from urllib.parse import SplitResult
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, RequestParser, build_response_head, chunk,
-                   http_date, parse_query, reason_phrase, split_target)
+                   http_date, loggable, parse_query, reason_phrase)
 from .message import ServerMessage
 from .signals import last_callback
 
@@ -168,8 +168,8 @@ class HTTPConnection:
         server = self.server
         self.request = req
         self.keep_alive = req.keep_alive
-        path, query, host = split_target(req.target)
-        host = host or req.headers.get_one("Host") or ""
+        path, query = req.path, req.query
+        host = req.host or req.headers.get_one("Host") or ""
         uri = SplitResult("http", host, path, query or "", "")
         msg = ServerMessage(self, req.method, uri, req.version, req.headers, self.remote, self.local)
         msg._started = time.monotonic()
@@ -212,8 +212,7 @@ class HTTPConnection:
         self.server.emit("request-read", msg)
         entry = self.entry
         if entry is not None and entry.normal is not None:
-            path = msg._uri.path
-            self._call(entry.normal, msg, path, msg._uri.query if "?" in self.request.target else None)
+            self._call(entry.normal, msg, msg._uri.path, self.request.query)
         self._after_handler()
 
     def _after_handler(self) -> None:
@@ -232,7 +231,7 @@ class HTTPConnection:
                     return
             else:
                 log.error("no handler set a status for %s %s (handler at %r forgot to answer)",
-                          msg._method, msg._uri.path, entry.path)
+                          msg._method, loggable(msg._uri.path), entry.path)
                 msg.set_status(500)
         self._respond()
 
@@ -242,7 +241,8 @@ class HTTPConnection:
         try:
             callback(self.server, msg, path, parse_query(query), user_data)
         except Exception:
-            log.exception("exception in handler %r for %s %s", callback, msg._method, path)
+            log.exception("exception in handler %r for %s %s", callback, msg._method,
+                          loggable(path))
             self._internal_error(msg)
 
     def _internal_error(self, msg: ServerMessage) -> None:

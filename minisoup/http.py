@@ -201,14 +201,22 @@ class MessageHeaders:
 
 
 class Request:
-    """A parsed request head: ``method``, ``target``, ``version``, ``headers``, ``keep_alive``."""
+    """A parsed request head: ``method``, ``target``, ``version``, ``headers``, ``keep_alive``;
+    and from the target (:func:`parse_target`): ``path`` (decoded, as handlers see it),
+    ``query`` (the raw query string, None without a ``?``) and ``host`` (absolute form)."""
 
     __slots__ = ("method", "target", "version", "headers", "keep_alive",
-                 "content_length", "chunked", "expect_continue")
+                 "content_length", "chunked", "expect_continue", "path", "query", "host")
 
     def __init__(self, method: str, target: str, version: str, headers: MessageHeaders) -> None:
         self.method = method
         self.target = target
+        if (target[:1] == "/" and "?" not in target and "%" not in target
+                and "/." not in target and "#" not in target):
+            # The common case, inlined (hot path): nothing to split, decode or remove.
+            self.path, self.query, self.host = target, None, ""
+        else:
+            self.path, self.query, self.host = parse_target(method, target)
         self.version = version
         self.headers = headers
         conn = headers.get_list("Connection")
@@ -523,9 +531,9 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def split_target(target: str) -> Tuple[str, str, str]:
-    """``(path, query, host)`` of a request target: ``query`` is ``None`` without a ``?``,
-    ``host`` is "" unless the target was in absolute form."""
+def split_target(target: str) -> Tuple[str, Optional[str], str]:
+    """``(path, query, host)`` of a request target, undecoded: ``query`` is ``None``
+    without a ``?``, ``host`` is "" unless the target was in absolute form."""
     host = ""
     if target.startswith(("http://", "https://")):
         rest = target.split("://", 1)[1]
@@ -536,9 +544,110 @@ def split_target(target: str) -> Tuple[str, str, str]:
     return path, (query if sep else None), host
 
 
+# libsoup parses the target as a URI (GLib's GUri) before routing; the handlers and the
+# path map see its path: percent-decoded, dot segments removed (measured on libsoup 3:
+# "/%6e", "/x/../n" and "/n/.%2e/n" all reach a handler at "/n" as "/n"). Routing on the
+# raw path instead would let "/%61dmin" or "/public/../admin" slip past a handler
+# registered at "/admin" to a shorter prefix.
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unreserved_escape(match: "re.Match") -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else match.group(0)
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 for an absolute path: "/a/./b/../c" -> "/a/c"; never above "/"."""
+    out = []  # type: List[str]
+    segments = path.split("/")[1:]
+    for segment in segments:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    if segments[-1] in (".", ".."):
+        out.append("")  # "/a/b/.." is the directory "/a/"
+    return "/" + "/".join(out)
+
+
+def decode_path(path: str) -> str:
+    """A request path as libsoup's handlers see it (see above).
+
+    Raises HTTPError 400 for a ``%`` not followed by two hex digits, for ``%00``, and
+    for bytes that are not UTF-8 once decoded.
+    """
+    if "%" in path:
+        if _BAD_ESCAPE.search(path):
+            raise HTTPError(400, "Malformed percent-encoding in the request path")
+        path = _ESCAPE.sub(_unreserved_escape, path)  # "%2e" is a dot before dot removal
+    if "/." in path:
+        path = remove_dot_segments(path)
+    if "%" in path:
+        from urllib.parse import unquote_to_bytes
+        raw = unquote_to_bytes(path)
+        if b"\0" in raw:
+            raise HTTPError(400, "NUL (%00) in the request path")
+        try:
+            path = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "Request path is not UTF-8 once percent-decoded") from None
+    return path
+
+
+def parse_target(method: str, target: str) -> Tuple[str, Optional[str], str]:
+    """``(path, query, host)`` of a request target, checked as libsoup does: ``path``
+    decoded (:func:`decode_path`), ``query`` raw (None without ``?``) but well-formed.
+
+    Raises HTTPError 400 for a target that is none of RFC 9112's forms: an absolute path,
+    an absolute URI, ``*`` (OPTIONS only) or ``host:port`` (CONNECT only).
+    """
+    if target == "*":
+        if method != "OPTIONS":
+            raise HTTPError(400, "Request target * is only for OPTIONS")
+        return target, None, ""  # matches no handler: 404, as libsoup
+    if method == "CONNECT" and not target.startswith("/"):
+        return target, None, ""  # authority form: no handler path matches it either
+    if not target.startswith(("/", "http://", "https://")):
+        raise HTTPError(400, "Malformed request target")
+    path, query, host = split_target(target)
+    if query is not None:
+        parse_query(query)  # a malformed query is the whole request's 400, as libsoup's
+    return decode_path(path or "/"), query, host
+
+
+def loggable(text: str) -> str:
+    """``text`` (a decoded path) fit for a log line: control characters, spaces, quotes,
+    backslashes and non-ASCII percent-encoded, so that a path cannot forge log lines."""
+    from urllib.parse import quote
+    return quote(text, safe="/:@!$&'()*+,;=?#[]%^`{|}<>~")
+
+
+def _form_decode(text: str) -> str:
+    from urllib.parse import unquote_to_bytes
+    try:
+        return unquote_to_bytes(text.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "Query is not UTF-8 once percent-decoded") from None
+
+
 def parse_query(query: Optional[str]) -> Optional[Dict[str, str]]:
-    """libsoup's ``soup_form_decode``: a dict of the decoded query, or ``None`` without one."""
+    """libsoup's ``soup_form_decode``: a dict of the decoded query, or ``None`` without one.
+
+    As libsoup: ``&`` separates pairs, a pair without ``=`` is skipped, ``+`` is a space,
+    the last of repeated names wins. Raises HTTPError 400 for a malformed ``%`` escape or
+    a name or value that is not UTF-8 once decoded.
+    """
     if query is None:
         return None
-    from urllib.parse import parse_qsl
-    return dict(parse_qsl(query, keep_blank_values=True))
+    if "%" in query and _BAD_ESCAPE.search(query):
+        raise HTTPError(400, "Malformed percent-encoding in the query")
+    result = {}
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        if eq:
+            result[_form_decode(name)] = _form_decode(value)
+    return result

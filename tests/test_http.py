@@ -3,7 +3,7 @@
 import pytest
 
 from minisoup.http import (HTTPError, MessageHeaders, RequestParser, build_response_head, chunk,
-                           parse_query, split_target)
+                           loggable, parse_query, remove_dot_segments, split_target)
 
 
 def parse(data, **kw):
@@ -143,4 +143,91 @@ def test_targets_and_queries():
     assert split_target("http://host:8/p?q") == ("/p", "q", "host:8")
     assert split_target("/a") == ("/a", None, "")
     assert parse_query(None) is None
-    assert parse_query("a=1&b=%20x&c") == {"a": "1", "b": " x", "c": ""}
+
+
+# Measured on libsoup 3 (tests/test_libsoup_reference.py compares the two where libsoup runs).
+@pytest.mark.parametrize("query, expected", [
+    ("a=1&b=%20x&c", {"a": "1", "b": " x"}),          # a pair without "=" is skipped
+    ("a", {}),
+    ("", {}),
+    ("a=1&&b=2", {"a": "1", "b": "2"}),
+    ("=x&b=2", {"": "x", "b": "2"}),
+    ("a=b=c", {"a": "b=c"}),
+    ("a=1;b=2", {"a": "1;b=2"}),                        # only "&" separates
+    ("a+b=c+d%2B", {"a b": "c d+"}),
+    ("a=1&a=2", {"a": "2"}),                            # the last one wins
+    ("%C3%A9=%c3%a9", {"\u00e9": "\u00e9"}),
+])
+def test_query_decoded_as_libsoup(query, expected):
+    assert parse_query(query) == expected
+
+
+@pytest.mark.parametrize("query", ["a=%zz", "a=%", "a=%4", "a=%ff", "%C0%80=1"])
+def test_malformed_or_non_utf8_query_is_400(query):
+    with pytest.raises(HTTPError) as info:
+        parse_query(query)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("target, path", [
+    ("/n", "/n"),
+    ("/%6e", "/n"),                        # unreserved characters decoded
+    ("/%6E/x", "/n/x"),
+    ("/%7Euser", "/~user"),
+    ("/n%2Fx", "/n/x"),                    # then everything is decoded for the handler...
+    ("/n%20x", "/n x"),
+    ("/n/%C3%A9", "/n/\u00e9"),
+    ("/n%3Fa=1", "/n?a=1"),
+    ("/n/%25", "/n/%"),
+    ("/n/%2525", "/n/%25"),                # ... once
+    ("/n/x%23y", "/n/x#y"),
+    ("/n%0Ax", "/n\nx"),                  # as libsoup: a handler may see controls (logs don't)
+    ("/n/../n", "/n"),                     # dot segments removed (RFC 3986 5.2.4)
+    ("/a/./b", "/a/b"),
+    ("/a/%2e%2e/n", "/n"),                 # "%2e" is a dot
+    ("/n/.%2e/x", "/x"),
+    ("/n/%2F/..", "/n/"),                  # "%2F" is decoded after dot removal
+    ("/..", "/"),
+    ("/../n", "/n"),
+    ("/n/..", "/"),
+    ("/n/x/..", "/n/"),
+    ("/n/.", "/n/"),
+    ("//n", "//n"),
+    ("/.hidden/x.txt", "/.hidden/x.txt"),
+    ("/a+b", "/a+b"),                      # "+" is only a space in queries
+    ("http://h:8/%6e?q", "/n"),
+])
+def test_request_path_as_libsoup_handlers_see_it(target, path):
+    req = parse(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n")[1]
+    assert req.path == path
+
+
+@pytest.mark.parametrize("method, target", [
+    ("GET", "/n%"), ("GET", "/n%zz"), ("GET", "/n%4"), ("GET", "/n/%00"), ("GET", "/n/%ff"),
+    ("GET", "/n%C0%80"), ("GET", "/n%ED%A0%80"), ("GET", "/n?a=%zz&b=1"), ("GET", "n"),
+    ("GET", "*"), ("GET", "ftp://h/x"),
+])
+def test_bad_targets_are_400(method, target):
+    parser = RequestParser()
+    parser.feed(method.encode() + b" " + target.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    with pytest.raises(HTTPError) as info:
+        parser.read_head()
+    assert info.value.status == 400
+
+
+def test_asterisk_and_authority_forms_have_no_handler_path():
+    options = parse(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")[1]
+    connect = parse(b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n")[1]
+    assert (options.path, options.query) == ("*", None)
+    assert (connect.path, connect.query) == ("h:443", None)
+
+
+def test_remove_dot_segments_never_climbs_above_the_root():
+    assert remove_dot_segments("/a/b/../../../../c") == "/c"
+    assert remove_dot_segments("/a/b/./../c/.") == "/a/c/"
+
+
+def test_loggable_paths_cannot_forge_log_lines():
+    assert loggable("/n\nGET /forged HTTP/1.1") == "/n%0AGET%20/forged%20HTTP/1.1"
+    assert loggable('/a"b\\c\u00e9') == "/a%22b%5Cc%C3%A9"
+    assert loggable("/plain/path?x=1") == "/plain/path?x=1"

@@ -66,6 +66,69 @@ def test_longest_prefix_and_default_and_404():
         assert get(port, "/nothing")[1] == b"default"
 
 
+def raw_status(port, request):
+    sock = raw_connect(port)
+    try:
+        sock.sendall(request)
+        data = recv_until_closed(sock)
+    finally:
+        sock.close()
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def test_encoded_and_dotted_paths_reach_the_handler_libsoup_would_pick():
+    # Routing on the raw path let "/%61dmin" or "/public/../admin" past an early handler
+    # guarding "/admin" to the default handler; libsoup routes on the decoded path.
+    seen = []
+
+    def guard(server_, msg, path, query, ud):
+        seen.append(path)
+        msg.set_status(401)
+
+    server = minisoup.Server()
+    server.add_early_handler("/admin", guard)
+    server.add_handler("/admin", text_handler("secret"))
+    server.add_handler(None, text_handler("public"))
+    with running(server) as port:
+        for target in ("/%61dmin/x", "/public/../admin/x", "/public/%2e%2E/admin/x",
+                       "/%2561dmin", "/admin%2Fx"):
+            status, body = raw_status(port, b"GET " + target.encode() + b" HTTP/1.1\r\n"
+                                      b"Host: h\r\nConnection: close\r\n\r\n")
+            expected = 200 if target == "/%2561dmin" else 401   # "/%61dmin" is a name, not /admin
+            assert status == expected, target
+        assert seen == ["/admin/x", "/admin/x", "/admin/x", "/admin/x"]
+
+
+def test_targets_of_no_form_are_400_and_asterisk_matches_no_handler():
+    server = minisoup.Server()
+    server.add_handler(None, text_handler("default"))
+    with running(server) as port:
+        for request, status in [(b"GET n HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+                                (b"GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+                                (b"GET /a%zz HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+                                (b"GET /a/%00 HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+                                (b"GET /a?b=%ff HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+                                (b"OPTIONS * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", 404),
+                                (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", 404)]:
+            assert raw_status(port, request)[0] == status, request
+
+
+def test_a_decoded_path_cannot_forge_access_log_lines(caplog):
+    server = minisoup.Server()
+    server.add_handler(None, text_handler("x"))
+    with running(server) as port, caplog.at_level(logging.INFO, "minisoup.access"):
+        status, _ = raw_status(port, b"GET /a%0D%0A1.2.3.4%20%22GET%20/forged%22 HTTP/1.1\r\n"
+                               b"Host: h\r\nConnection: close\r\n\r\n")
+        assert status == 200
+        deadline = time.monotonic() + 3
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records if r.name == "minisoup.access"]
+    assert len(lines) == 1
+    assert "\n" not in lines[0] and "\r" not in lines[0]
+    assert "/a%0D%0A1.2.3.4%20%22GET%20/forged%22" in lines[0]
+
+
 def test_only_the_matched_entry_runs():
     calls = []
     server = minisoup.Server()

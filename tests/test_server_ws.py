@@ -104,6 +104,24 @@ def ws_server(handler=None, path="/", origin=None, protocols=None, **limits):
 
 
 # -- paths -----------------------------------------------------------------------------
+def test_encoded_and_dotted_paths_route_as_libsoup():
+    server = minisoup.Server()
+    chat, other = Recorder("chat"), Recorder("other")
+    server.add_websocket_handler("/ws/chat", None, None, chat)
+    server.add_websocket_handler(None, None, None, other)
+    with running(server) as port:
+        for target in ("/ws/%63hat", "/ws/x/../chat/room%201", "/other/%2e%2e/ws/chat"):
+            raw = RawWebSocket(port, target)
+            raw.close()
+        # The 101 is written before the callback runs: wait for the third call.
+        deadline = time.monotonic() + T
+        while len(chat.calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [c[0] for c in chat.calls] == ["/ws/chat", "/ws/chat/room 1", "/ws/chat"]
+        assert [conn.get_uri().path for conn in chat.conns] == [c[0] for c in chat.calls]
+        assert not other.calls
+
+
 def test_longest_prefix_wins():
     server = minisoup.Server()
     short, long_ = Recorder("ws"), Recorder("chat")
