@@ -303,10 +303,17 @@ class HTTPConnection:
     def _respond(self) -> None:
         msg = self.msg
         status = msg._status
+        if status < 200:
+            # 1xx is never a final response (the WebSocket 101 is written elsewhere); the
+            # client would wait for one forever. libsoup sends it, then a 500.
+            log.error("a handler set the informational status %d as the response to %s %s; "
+                      "answering 500", status, msg._method, loggable(msg._uri.path))
+            self._internal_error(msg)
+            status = 500
         headers = msg._response_headers
         body = msg._response_body
         version = self._response_head(msg, status)
-        no_body = status < 200 or status in NO_BODY_STATUSES
+        no_body = status in NO_BODY_STATUSES
         if not no_body and not body.completed and _wants_streaming(headers, len(body)):
             self._start_streaming(msg, version)
             return

@@ -57,11 +57,12 @@ class HTTPError(Exception):
 
 
 def reason_phrase(status: int) -> str:
-    """The standard reason phrase for ``status`` ("Unknown" for unregistered codes)."""
+    """The standard reason phrase for ``status`` ("Unknown Error" for unregistered codes,
+    as libsoup)."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:
-        return "Unknown"
+        return "Unknown Error"
 
 
 def _check_text(what: str, text: str) -> str:

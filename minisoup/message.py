@@ -1,9 +1,9 @@
 """``ServerMessage``: one request and its response (libsoup's SoupServerMessage)."""
 
 from typing import Any, List, Optional, Tuple, Union
-from urllib.parse import SplitResult
+from urllib.parse import SplitResult, urljoin
 
-from .http import MessageHeaders, _check_text, reason_phrase
+from .http import MessageHeaders, _check_text, loggable, reason_phrase
 
 __all__ = ["ServerMessage", "ResponseBody"]
 
@@ -183,7 +183,16 @@ class ServerMessage:
         self._response_body.set(bytes(body or b""))
 
     def set_redirect(self, status_code: int, redirect_uri: str) -> None:
-        """Answer with a redirect status and a ``Location`` header."""
+        """Answer with a redirect status and a ``Location`` header.
+
+        As libsoup, a relative ``redirect_uri`` is resolved against the request's URI
+        (``"/x"`` becomes ``http://host/x``); an absolute one is kept as it is.
+        """
+        _check_text("redirect URI", redirect_uri)  # before urljoin, which drops CR/LF/TAB
+        uri = self._uri
+        if uri.netloc:
+            base = "%s://%s%s" % (uri.scheme or "http", uri.netloc, loggable(uri.path or "/"))
+            redirect_uri = urljoin(base, redirect_uri)
         self.set_status(status_code)
         self._response_headers.replace("Location", redirect_uri)
 

@@ -52,6 +52,9 @@ def paths(server, msg, path, query, *data):
     body = json.dumps([path, msg.get_uri().get_path(), sorted(query.items()) if query is not None else None])
     msg.set_response("application/json", Soup.MemoryUse.COPY, body.encode())
 
+def redirect(server, msg, path, query, *data):
+    msg.set_redirect(302, query["to"])
+
 def on_ws(server, msg, path, conn, *data):
     CONNS.append(conn)
 
@@ -65,6 +68,7 @@ CONNS = []
 server = Soup.Server()
 server.add_handler("/n", normal)
 server.add_handler("/p", paths)
+server.add_handler("/r", redirect)
 server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], on_ws)
 server.add_websocket_handler("/open", None, None, on_ws)
 server.add_websocket_handler("/echo", None, None, on_echo)
@@ -90,6 +94,7 @@ def _register(server):
 
     server.add_handler("/n", normal)
     server.add_handler("/p", paths)
+    server.add_handler("/r", lambda s_, msg, path, query, ud: msg.set_redirect(302, query["to"]))
     server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], lambda *a: None)
     server.add_websocket_handler("/open", None, None, lambda *a: None)
 
@@ -301,3 +306,29 @@ def test_same_path_and_query_as_libsoup(ports, target):
     libsoup_port, minisoup_port = ports
     expected = _get(libsoup_port, target)
     assert _get(minisoup_port, target) == expected
+
+
+@pytest.mark.parametrize("target", ["/r/a?to=/x", "/r/a/b?to=y%3Fz%3D1", "/r?to=https://o/q",
+                                    "/r/a/?to=..", "/r?to=%2F%2Fother/p"])
+def test_same_redirect_location_as_libsoup(ports, target):
+    libsoup_port, minisoup_port = ports
+    request = "GET %s HTTP/1.1\r\nHost: h:8\r\nConnection: close\r\n\r\n" % target
+
+    def location(port):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            sock.sendall(request.encode("latin-1"))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sock.close()
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        values = [line.split(":", 1)[1].strip() for line in head[1:]
+                  if line.lower().startswith("location:")]
+        return head[0].split(" ", 2)[1], values
+
+    assert location(minisoup_port) == location(libsoup_port)

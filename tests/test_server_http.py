@@ -129,6 +129,37 @@ def test_a_decoded_path_cannot_forge_access_log_lines(caplog):
     assert "/a%0D%0A1.2.3.4%20%22GET%20/forged%22" in lines[0]
 
 
+def test_redirects_are_made_absolute_as_libsoup_does():
+    def handler(server_, msg, path, query, ud):
+        msg.set_redirect(302, query["to"])
+
+    server = minisoup.Server()
+    server.add_handler(None, handler)
+    with running(server) as port:
+        for to, location in [("/x", "http://h:8/x"), ("y?z=1", "http://h:8/a/y?z=1"),
+                             ("https://other/q", "https://other/q")]:
+            sock = raw_connect(port)
+            sock.sendall(b"GET /a/b?to=" + to.replace("?", "%3F").encode() +
+                         b" HTTP/1.1\r\nHost: h:8\r\nConnection: close\r\n\r\n")
+            data = recv_until_closed(sock)
+            sock.close()
+            assert data.startswith(b"HTTP/1.1 302 Found\r\n")
+            assert b"\r\nLocation: " + location.encode() + b"\r\n" in data
+
+
+def test_an_informational_status_from_a_handler_is_answered_500(caplog):
+    server = minisoup.Server()
+    server.add_handler("/a", lambda s, msg, p, q, u: msg.set_status(103))
+    server.add_handler("/b", lambda s, msg, p, q, u: msg.set_status(299))
+    with running(server) as port, caplog.at_level(logging.ERROR, "minisoup"):
+        # Before, the 103 was sent as the final response: the client waited forever.
+        status, _, _ = get(port, "/a")
+        assert status == 500
+        status, _, resp = get(port, "/b")
+        assert status == 299 and resp.reason == "Unknown Error"   # libsoup's phrase
+    assert any("informational status 103" in r.getMessage() for r in caplog.records)
+
+
 def test_only_the_matched_entry_runs():
     calls = []
     server = minisoup.Server()
