@@ -201,7 +201,8 @@ def _close_payload(code, reason=b""):
 
 # Frames a client sends after the upgrade; both servers echo messages. Only cases where
 # SPEC.md and libsoup agree (SPEC.md names where they differ on purpose: close codes
-# 1012-1014, a non-UTF-8 close reason, an oversized frame).
+# 1012-1014, a non-UTF-8 close reason, an oversized frame, a non-minimal length encoding).
+# Every sequence is followed by a clean close, so that each session ends at once.
 FRAME_CASES = {
     "text and binary echoed": [_frame(1, b"hello"), _frame(2, b"\x00\xff")],
     "fragmented text with a ping inside": [_frame(1, b"he", fin=False), _frame(9, b"p"),
@@ -222,6 +223,20 @@ FRAME_CASES = {
     "close with code 999": [_frame(8, _close_payload(999))],
     "close with code 1005": [_frame(8, _close_payload(1005))],
     "close with code 3000 echoed": [_frame(8, _close_payload(3000))],
+    "close with a reason echoed": [_frame(8, _close_payload(1001, b"going"))],
+    "close with code 1004": [_frame(8, _close_payload(1004))],
+    "close with code 1006": [_frame(8, _close_payload(1006))],
+    "close with code 1015": [_frame(8, _close_payload(1015))],
+    "close with code 2999": [_frame(8, _close_payload(2999))],
+    "close with code 4999 echoed": [_frame(8, _close_payload(4999))],
+    "close with code 5000": [_frame(8, _close_payload(5000))],
+    "data after the close is ignored": [_frame(8, _close_payload(1000)), _frame(1, b"late"),
+                                        _frame(9, b"late")],
+    "binary in fragments with empty ones": [_frame(2, b"", fin=False), _frame(0, b"ab", fin=False),
+                                            _frame(0, b"", fin=False), _frame(0, b"c")],
+    "text split inside a character": [_frame(1, b"\xc3", fin=False), _frame(0, b"\xa9")],
+    "unsolicited pong ignored": [_frame(10, b"x"), _frame(1, b"after")],
+    "empty text and binary": [_frame(1, b""), _frame(2, b"")],
 }
 
 
@@ -238,7 +253,7 @@ def _ws_session(port, frames, timeout=3.0):
             buf += chunk
         head, buf = buf.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 101"), head
-        sock.sendall(b"".join(frames))
+        sock.sendall(b"".join(frames) + _frame(8, _close_payload(1000)))
         out = []
         while True:
             while len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F if buf[1] & 0x7F < 126 else 0):
