@@ -61,7 +61,10 @@ def on_ws(server, msg, path, conn, *data):
 def on_echo(server, msg, path, conn, *data):
     CONNS.append(conn)
     def echo(conn, kind, message):
-        conn.send_message(kind, message)
+        if message.get_data() == b"close please":
+            conn.close(4000, "bye")
+        else:
+            conn.send_message(kind, message)
     conn.connect("message", echo)
 
 CONNS = []
@@ -98,8 +101,14 @@ def _register(server):
     server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], lambda *a: None)
     server.add_websocket_handler("/open", None, None, lambda *a: None)
 
+    def echo(conn, kind, message):
+        if message == "close please":
+            conn.close(4000, "bye")
+        else:
+            conn.send_message(kind, message)
+
     def on_echo(server_, msg, path, conn, user_data):
-        conn.connect("message", lambda c, kind, message: c.send_message(kind, message))
+        conn.connect("message", echo)
 
     server.add_websocket_handler("/echo", None, None, on_echo)
 
@@ -237,6 +246,7 @@ FRAME_CASES = {
     "text split inside a character": [_frame(1, b"\xc3", fin=False), _frame(0, b"\xa9")],
     "unsolicited pong ignored": [_frame(10, b"x"), _frame(1, b"after")],
     "empty text and binary": [_frame(1, b""), _frame(2, b"")],
+    "the server closes with 4000": [_frame(1, b"close please"), _frame(1, b"ignored")],
 }
 
 
