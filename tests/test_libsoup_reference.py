@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -357,3 +358,72 @@ def test_same_redirect_location_as_libsoup(ports, target):
         return head[0].split(" ", 2)[1], values
 
     assert location(minisoup_port) == location(libsoup_port)
+
+
+# -- whole HTTP exchanges: pipelining, bodies, framing -----------------------------------------
+
+EXCHANGES = {
+    "POST to a 404 path, then GET": b"POST /zzz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                                    b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "chunked POST to a 404 path, then GET": b"POST /zzz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                                            b"chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                                            b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "chunked body with a trailer, then GET": b"POST /n HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                                             b"chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+                                             b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "HEAD, then GET": b"HEAD /n HTTP/1.1\r\nHost: x\r\n\r\nGET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "GET with a body, then GET": b"GET /n HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nxy"
+                                 b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "empty lines before a request": b"\r\n\r\nGET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "HTTP/1.0 closes after one answer": b"GET /n HTTP/1.0\r\n\r\nGET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "Connection: close ends the pipeline": b"GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                                           b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n",
+    "Upgrade: h2c is ignored": b"GET /n HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade"
+                               b"\r\n\r\n",
+    "Content-Length with spaces and zeros": b"POST /n HTTP/1.1\r\nHost: x\r\nContent-Length:  003 "
+                                            b"\r\n\r\nabc",
+}
+
+
+def _answers(port, request, wait=0.3):
+    """The responses to ``request`` as (status line, body) pairs, and whether the server
+    closed the connection (EOF) within ``wait`` seconds after the last one."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    data, closed = b"", False
+    try:
+        sock.sendall(request)
+        sock.settimeout(wait)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+    finally:
+        sock.close()
+    answers = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        is_head = request.startswith(b"HEAD") and not answers
+        body, data = (b"", rest) if is_head else (rest[:length], rest[length:])
+        answers.append((lines[0], body))
+    return answers, closed
+
+
+@pytest.mark.parametrize("case", sorted(EXCHANGES))
+def test_same_exchange_as_libsoup(ports, case):
+    libsoup_port, minisoup_port = ports
+    request = EXCHANGES[case]
+    # The two exchanges run at once, so that their waits for a close overlap.
+    with ThreadPoolExecutor(2) as pool:
+        ours, theirs = pool.map(lambda port: _answers(port, request), (minisoup_port, libsoup_port))
+    assert ours == theirs
