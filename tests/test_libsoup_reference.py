@@ -139,7 +139,9 @@ def _key():
     return base64.b64encode(os.urandom(16)).decode()
 
 
-def _exchange(port, request):
+def _response_head(port, request):
+    """Send ``request`` (str); the response's status and its header lines as (lowercase
+    name, value) pairs."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
         sock.sendall(request.encode("latin-1"))
@@ -152,11 +154,16 @@ def _exchange(port, request):
     finally:
         sock.close()
     head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    status = int(head[0].split()[1])
-    headers = {}
+    fields = []
     for line in head[1:]:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+        fields.append((name.strip().lower(), value.strip()))
+    return int(head[0].split()[1]), fields
+
+
+def _exchange(port, request):
+    status, fields = _response_head(port, request)
+    headers = dict(fields)
     return status, headers.get("sec-websocket-protocol"), headers.get("sec-websocket-accept")
 
 
@@ -341,21 +348,8 @@ def test_same_redirect_location_as_libsoup(ports, target):
     request = "GET %s HTTP/1.1\r\nHost: h:8\r\nConnection: close\r\n\r\n" % target
 
     def location(port):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        try:
-            sock.sendall(request.encode("latin-1"))
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            sock.close()
-        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-        values = [line.split(":", 1)[1].strip() for line in head[1:]
-                  if line.lower().startswith("location:")]
-        return head[0].split(" ", 2)[1], values
+        status, fields = _response_head(port, request)
+        return status, [value for name, value in fields if name == "location"]
 
     assert location(minisoup_port) == location(libsoup_port)
 
