@@ -114,7 +114,10 @@ class ServerMessage:
         return self._method
 
     def get_uri(self) -> SplitResult:
-        """The request URI (``scheme``, ``netloc``, ``path``, ``query``; query "" if none)."""
+        """The request URI (``scheme``, ``netloc``, ``path``, ``query``; query "" if none).
+
+        ``path`` is decoded as libsoup hands it over (percent-decoding, dot segments
+        removed); ``query`` is the raw query string."""
         return self._uri
 
     def get_http_version(self) -> str:
