@@ -8,11 +8,11 @@ response before them is finished, so they are answered in order.
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 from urllib.parse import SplitResult
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, RequestParser, build_response_head, chunk,
-                   http_date, loggable, parse_query, reason_phrase)
+                   http_date, quote_path, reason_phrase)
 from .message import ServerMessage
 from .signals import last_callback
 
@@ -179,7 +179,7 @@ class HTTPConnection:
         server.emit("request-started", msg)
         entry = self.entry = server._lookup(path)
         if entry is not None and entry.early is not None:
-            self._call(entry.early, msg, path, query)
+            self._call(entry.early, msg, path, req.form)
         self._after_early()
 
     def _after_early(self) -> None:
@@ -212,7 +212,7 @@ class HTTPConnection:
         self.server.emit("request-read", msg)
         entry = self.entry
         if entry is not None and entry.normal is not None:
-            self._call(entry.normal, msg, msg._uri.path, self.request.query)
+            self._call(entry.normal, msg, msg._uri.path, self.request.form)
         self._after_handler()
 
     def _after_handler(self) -> None:
@@ -231,18 +231,21 @@ class HTTPConnection:
                     return
             else:
                 log.error("no handler set a status for %s %s (handler at %r forgot to answer)",
-                          msg._method, loggable(msg._uri.path), entry.path)
+                          msg._method, quote_path(msg._uri.path), entry.path)
                 msg.set_status(500)
         self._respond()
 
-    def _call(self, handler: Any, msg: ServerMessage, path: str, query: Optional[str]) -> None:
+    def _call(self, handler: Any, msg: ServerMessage, path: str,
+              form: Optional[Dict[str, str]]) -> None:
         callback, user_data = handler[0], handler[1]
         last_callback.value = callback
         try:
-            callback(self.server, msg, path, parse_query(query), user_data)
+            # Each handler gets its own dict: one that edits it cannot surprise the next.
+            callback(self.server, msg, path, dict(form) if form is not None else None,
+                     user_data)
         except Exception:
             log.exception("exception in handler %r for %s %s", callback, msg._method,
-                          loggable(path))
+                          quote_path(path))
             self._internal_error(msg)
 
     def _internal_error(self, msg: ServerMessage) -> None:
@@ -307,7 +310,7 @@ class HTTPConnection:
             # 1xx is never a final response (the WebSocket 101 is written elsewhere); the
             # client would wait for one forever. libsoup sends it, then a 500.
             log.error("a handler set the informational status %d as the response to %s %s; "
-                      "answering 500", status, msg._method, loggable(msg._uri.path))
+                      "answering 500", status, msg._method, quote_path(msg._uri.path))
             self._internal_error(msg)
             status = 500
         headers = msg._response_headers

@@ -351,7 +351,7 @@ class FrameParser:
             if big.left:
                 return None
             self._big = None
-            return big.head[0], big.head[1], big.head[2], big.finish()
+            return big.head + (big.finish(),)
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -555,10 +555,9 @@ class _BigPayload:
     def finish(self) -> bytes:
         """The whole unmasked payload, once ``left`` is 0; the chunks go back to the pool."""
         chunks = self._chunks
-        last = len(chunks) - 1
-        tail = self.got - sum(len(c) for c in chunks[:last]) if chunks else 0
-        views = [memoryview(c) if i < last else memoryview(c)[:tail]
-                 for i, c in enumerate(chunks)]
+        # Every chunk is full but the last, which holds _fill bytes (sealed at the end).
+        views = [memoryview(c) for c in chunks]
+        views[-1] = views[-1][:self._fill]
         payload = bytes(views[0]) if len(views) == 1 else b"".join(views)
         for view in views:
             view.release()

@@ -204,10 +204,13 @@ class MessageHeaders:
 class Request:
     """A parsed request head: ``method``, ``target``, ``version``, ``headers``, ``keep_alive``;
     and from the target (:func:`parse_target`): ``path`` (decoded, as handlers see it),
-    ``query`` (the raw query string, None without a ``?``) and ``host`` (absolute form)."""
+    ``query`` (the raw query string, None without a ``?``), ``form`` (the query decoded by
+    :func:`parse_query`, None without one) and ``host`` (absolute form).
+    A malformed query is the whole request's 400, as in libsoup."""
 
     __slots__ = ("method", "target", "version", "headers", "keep_alive",
-                 "content_length", "chunked", "expect_continue", "path", "query", "host")
+                 "content_length", "chunked", "expect_continue", "path", "query", "form",
+                 "host")
 
     def __init__(self, method: str, target: str, version: str, headers: MessageHeaders) -> None:
         self.method = method
@@ -215,9 +218,10 @@ class Request:
         if (target[:1] == "/" and "?" not in target and "%" not in target
                 and "/." not in target and "#" not in target):
             # The common case, inlined (hot path): nothing to split, decode or remove.
-            self.path, self.query, self.host = target, None, ""
+            self.path, self.query, self.host, self.form = target, None, "", None
         else:
             self.path, self.query, self.host = parse_target(method, target)
+            self.form = parse_query(self.query)
         self.version = version
         self.headers = headers
         conn = headers.get_list("Connection")
@@ -601,7 +605,7 @@ def decode_path(path: str) -> str:
 
 def parse_target(method: str, target: str) -> Tuple[str, Optional[str], str]:
     """``(path, query, host)`` of a request target, checked as libsoup does: ``path``
-    decoded (:func:`decode_path`), ``query`` raw (None without ``?``) but well-formed.
+    decoded (:func:`decode_path`), ``query`` raw (None without ``?``; see :func:`parse_query`).
 
     Raises HTTPError 400 for a target that is none of RFC 9112's forms: an absolute path,
     an absolute URI, ``*`` (OPTIONS only) or ``host:port`` (CONNECT only).
@@ -615,14 +619,12 @@ def parse_target(method: str, target: str) -> Tuple[str, Optional[str], str]:
     if not target.startswith(("/", "http://", "https://")):
         raise HTTPError(400, "Malformed request target")
     path, query, host = split_target(target)
-    if query is not None:
-        parse_query(query)  # a malformed query is the whole request's 400, as libsoup's
     return decode_path(path or "/"), query, host
 
 
-def loggable(text: str) -> str:
-    """``text`` (a decoded path) fit for a log line: control characters, spaces, quotes,
-    backslashes and non-ASCII percent-encoded, so that a path cannot forge log lines."""
+def quote_path(text: str) -> str:
+    """A decoded path percent-encoded again (control characters, spaces, quotes,
+    backslashes, non-ASCII): fit for a log line, which it cannot forge, and for a URI."""
     from urllib.parse import quote
     return quote(text, safe="/:@!$&'()*+,;=?#[]%^`{|}<>~")
 

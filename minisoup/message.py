@@ -3,7 +3,7 @@
 from typing import Any, List, Optional, Tuple, Union
 from urllib.parse import SplitResult, urljoin
 
-from .http import MessageHeaders, _check_text, loggable, reason_phrase
+from .http import MessageHeaders, _check_text, quote_path, reason_phrase
 
 __all__ = ["ServerMessage", "ResponseBody"]
 
@@ -194,7 +194,7 @@ class ServerMessage:
         _check_text("redirect URI", redirect_uri)  # before urljoin, which drops CR/LF/TAB
         uri = self._uri
         if uri.netloc:
-            base = "%s://%s%s" % (uri.scheme or "http", uri.netloc, loggable(uri.path or "/"))
+            base = "%s://%s%s" % (uri.scheme or "http", uri.netloc, quote_path(uri.path or "/"))
             redirect_uri = urljoin(base, redirect_uri)
         self.set_status(status_code)
         self._response_headers.replace("Location", redirect_uri)

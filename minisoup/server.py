@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import __version__
 from .connection import CLOSED, HTTPConnection
 from .handshake import HandshakeError, server_handshake
-from .http import _check_text, build_response_head, loggable
+from .http import _check_text, build_response_head, quote_path
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
 from .signals import SignalEmitter, last_callback
@@ -505,7 +505,7 @@ class Server(SignalEmitter):
         if access_log.isEnabledFor(logging.INFO):
             remote = ws.get_remote_address()
             access_log.info('%s "WEBSOCKET %s" closed %d %s', remote[0] if remote else "-",
-                            loggable(getattr(ws.get_uri(), "path", "-")), ws.get_close_code(),
+                            quote_path(getattr(ws.get_uri(), "path", "-")), ws.get_close_code(),
                             ws.get_close_data() or "")
         self._connection_closed(ws)
 
@@ -515,7 +515,7 @@ class Server(SignalEmitter):
             return
         elapsed = (time.monotonic() - msg._started) * 1000.0 if msg._started else 0.0
         access_log.info('%s "%s %s %s" %d %d %.1fms', msg.get_remote_host() or "-",
-                        msg.get_method(), loggable(msg.get_uri().path), msg.get_http_version(),
+                        msg.get_method(), quote_path(msg.get_uri().path), msg.get_http_version(),
                         msg.get_status(), length, elapsed)
 
 

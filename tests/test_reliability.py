@@ -5,7 +5,6 @@ every client socket and subprocess is closed or killed in ``finally``. Times are
 each test waits at most a few seconds for the event it expects.
 """
 
-import base64
 import http.client
 import logging
 import os
@@ -23,6 +22,7 @@ import pytest
 import minisoup
 from minisoup.frames import FrameParser, Opcode, build_frame, parse_close_payload
 from conftest import raw_connect, recv_until_closed, running
+from wsraw import handshake_request, read_response_head as read_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG = "minisoup"
@@ -49,27 +49,6 @@ def get(port, path="/", timeout=5.0):
         conn.close()
 
 
-def ws_request(path="/ws", headers=()):
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1", "Upgrade: websocket",
-             "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
-    lines += ["%s: %s" % item for item in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def read_head(sock, timeout=5.0):
-    """``(status, head bytes, leftover)`` of a response read from ``sock``."""
-    sock.settimeout(timeout)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("closed before a response head: %r" % buf)
-        buf += data
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), head, rest
-
-
 def ws_open(port, path="/ws", headers=(), rcvbuf=None):
     """A raw socket after a successful handshake, and the bytes read past the 101."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -77,7 +56,7 @@ def ws_open(port, path="/ws", headers=(), rcvbuf=None):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(ws_request(path, headers))
+    sock.sendall(handshake_request(path, list(headers)))
     status, head, rest = read_head(sock)
     assert status == 101, head
     return sock, rest
@@ -501,10 +480,10 @@ def handshake_status(port, origins):
     headers = [("Origin", o.decode("latin-1")) for o in origins]
     sock = raw_connect(port)
     try:
-        sock.sendall(ws_request("/ws", headers))
+        sock.sendall(handshake_request("/ws", headers))
         status, head, _ = read_head(sock)
         if status != 101:
-            assert b"Connection: close" in head
+            assert head.get("connection") == "close"
             recv_until_closed(sock, timeout=3)
         return status
     finally:

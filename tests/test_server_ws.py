@@ -1187,10 +1187,10 @@ def test_close_code_zero_while_open():
     assert codes == [(0, None)]
 
 
-@pytest.mark.parametrize("verdict", [None, 401])
-def test_paused_normal_handler_decides_later(verdict):
-    # Asynchronous authentication: the handler pauses, a timer answers.
-    def normal(server, msg, path, query, user_data):
+def deciding_later(verdict):
+    """A handler that pauses and, 50 ms later, sets ``verdict`` (if any) and unpauses:
+    asynchronous authentication."""
+    def handler(server, msg, path, query, user_data):
         msg.pause()
 
         def decide():
@@ -1198,9 +1198,13 @@ def test_paused_normal_handler_decides_later(verdict):
                 msg.set_status(verdict)
             msg.unpause()
         server.call_later(0.05, decide)
+    return handler
 
+
+@pytest.mark.parametrize("verdict", [None, 401])
+def test_paused_normal_handler_decides_later(verdict):
     server, rec = ws_server(path="/ws")
-    server.add_handler("/ws", normal)
+    server.add_handler("/ws", deciding_later(verdict))
     with running(server) as port:
         if verdict is None:
             with connect(port, "/ws") as client:
@@ -1215,17 +1219,8 @@ def test_paused_normal_handler_decides_later(verdict):
 
 @pytest.mark.parametrize("verdict", [None, 403])
 def test_paused_early_handler_decides_later(verdict):
-    def early(server, msg, path, query, user_data):
-        msg.pause()
-
-        def decide():
-            if verdict:
-                msg.set_status(verdict)
-            msg.unpause()
-        server.call_later(0.05, decide)
-
     server, rec = ws_server(path="/ws")
-    server.add_early_handler("/ws", early)
+    server.add_early_handler("/ws", deciding_later(verdict))
     with running(server) as port:
         status, _headers, _ = http_exchange(port, handshake_request("/ws"))
         assert status == (verdict or 101)
