@@ -278,16 +278,18 @@ class FrameParser:
 
     # Why it is written this way: received bytes accumulate in one bytearray
     # and frames are read at an offset into it, so that
-    #  - a 64 MiB frame arriving in 64 KiB chunks costs amortised O(1) appends
-    #    and one copy out (never re-slicing the buffer per chunk: O(n^2));
+    #  - a frame arriving in pieces costs amortised O(1) appends and one copy
+    #    out (never re-slicing the buffer per piece: O(n^2));
     #  - many small frames in one feed cost a few integer ops each: the two
     #    header bytes are read by indexing, extended lengths with precompiled
     #    Structs, and the consumed prefix is dropped once per feed, not per
     #    frame (CPython's bytearray drops a prefix without moving the rest).
     # ``_need`` lets next_frame() return at once while a frame is incomplete.
-    # Payloads of DIRECT_MIN bytes and more that are incomplete when their header is
-    # parsed are collected by a _BigPayload instead, which the transport may receive
-    # into directly (recv_buffer / recv_done).
+    # A payload of DIRECT_MIN bytes or more that is incomplete when its header is
+    # parsed (a 64 MiB frame, say) leaves this buffer: a _BigPayload collects it,
+    # and the transport may receive into it directly (recv_buffer / recv_done).
+    # ``collecting`` caches "a _BigPayload still wants bytes" for the transport's
+    # per-read test.
 
     __slots__ = ("require_mask", "max_payload_size", "allowed_rsv", "collecting",
                  "_buf", "_pos", "_need", "_big")
