@@ -4,7 +4,7 @@ VENV := .venv
 # pytest is the only test dependency; when the machine lacks it, bootstrap it into .venv (git-ignored).
 PYTEST_PY = $(shell $(PYTHON) -c "import pytest" >/dev/null 2>&1 && echo $(PYTHON) || echo $(VENV)/bin/python)
 
-.PHONY: run test bench stress lint clean
+.PHONY: run test bench bench-against stress lint clean
 
 run:                ## the built-in demo server on http://127.0.0.1:8080/ (WebSocket echo at /echo)
 	$(PYTHON) -m minisoup --bind 127.0.0.1:8080
@@ -18,6 +18,9 @@ test: $(if $(filter $(VENV)/bin/python,$(PYTEST_PY)),$(VENV)/bin/python)  ## the
 
 bench:              ## speed figures: HTTP, WebSocket echo, masking, deflate, pre-fork scaling
 	$(PYTHON) tools/bench.py
+
+bench-against:      ## the headline figures against another revision's, one run (make bench-against REV=abc123)
+	$(PYTHON) tools/bench_against.py $(or $(REV),HEAD~1)
 
 stress:             ## the long reliability runs (slowloris, idle memory, faults)
 	$(PYTHON) tools/stress.py
