@@ -11,7 +11,7 @@ import collections
 import heapq
 import socket
 import time
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from .handshake import HandshakeError, client_check_response, client_request_headers
@@ -167,7 +167,7 @@ class ClientConnection:
         self._clock = clock
         self._transport = transport
         self.timeout = timeout
-        self.messages: Deque[Tuple[WebsocketDataType, Any]] = collections.deque()
+        self.messages: Deque[Tuple[WebsocketDataType, Union[str, bytes]]] = collections.deque()
         self.pongs: Deque[bytes] = collections.deque()
         ws.connect("message", lambda _ws, kind, data: self.messages.append((kind, data)))
         ws.connect("pong", lambda _ws, data: self.pongs.append(data))
@@ -195,7 +195,8 @@ class ClientConnection:
                 break
 
     # -- receiving ---------------------------------------------------------------------
-    def recv(self, timeout: Optional[float] = None) -> Tuple[WebsocketDataType, Any]:
+    def recv(self, timeout: Optional[float] = None
+             ) -> Tuple[WebsocketDataType, Union[str, bytes]]:
         """The next message as ``(type, data)`` (``str`` for TEXT, ``bytes`` for BINARY)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self.messages:

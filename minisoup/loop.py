@@ -111,24 +111,24 @@ class Loop:
         return self._read_buffer
 
     # -- scheduling ---------------------------------------------------------
-    def call_soon(self, callback: Callable, *args: Any) -> Handle:
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
         """Run ``callback(*args)`` on the next loop iteration."""
         handle = Handle(0.0, callback, args)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, callback: Callable, *args: Any) -> Handle:
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Handle:
         """Run ``callback(*args)`` after ``delay`` seconds; returns a cancellable handle."""
         handle = Handle(_monotonic() + max(0.0, delay), callback, args)
         heapq.heappush(self._timers, handle)
         return handle
 
     # -- file descriptors ---------------------------------------------------
-    def add_reader(self, sock: Any, callback: Callable[[int], None]) -> None:
+    def add_reader(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         """Call ``callback(events)`` whenever ``sock`` is readable."""
         self._selector.register(sock, _EVENT_READ, callback)
 
-    def add_exclusive_reader(self, sock: Any, callback: Callable[[int], None]) -> None:
+    def add_exclusive_reader(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         """Like :meth:`add_reader`, but with ``EPOLLEXCLUSIVE`` where Linux offers it.
 
         Used for a listening socket shared by pre-forked workers: one new
@@ -143,19 +143,19 @@ class Loop:
             poller.unregister(sock.fileno())
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
 
-    def remove_reader(self, sock: Any) -> None:
+    def remove_reader(self, sock: socket.socket) -> None:
         """Stop watching ``sock`` (no error if it was not watched)."""
         try:
             self._selector.unregister(sock)
         except (KeyError, ValueError):
             pass
 
-    def register(self, sock: Any, events: int, callback: Callable[[int], None]) -> None:
+    def register(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
         """Call ``callback(mask)`` when ``sock`` is ready for ``events``
         (``selectors.EVENT_READ | EVENT_WRITE``); ``KeyError`` if already watched."""
         self._selector.register(sock, events, callback)
 
-    def modify(self, sock: Any, events: int, callback: Callable[[int], None]) -> None:
+    def modify(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
         """Change the events (and callback) of a ``sock`` given to :meth:`register`."""
         self._selector.modify(sock, events, callback)
 
