@@ -5,24 +5,24 @@ dropped: ``Server.add_websocket_handler(path, origin, protocols, callback, user_
 destroy)`` is ``soup_server_add_websocket_handler``. See README.md for the name map.
 """
 
-__version__ = "0.1.0"
-
-from .http import Encoding, HTTPError, MessageHeaders  # noqa: E402
-from .message import ResponseBody, ServerMessage  # noqa: E402
-from .frames import CloseCode, ProtocolError  # noqa: E402
-from .websocket import (WebsocketConnection, WebsocketConnectionType,  # noqa: E402
+from ._version import __version__
+from .errors import Error
+from .http import Encoding, HTTPError, MessageHeaders
+from .message import ResponseBody, ServerMessage
+from .frames import CloseCode, ProtocolError
+from .websocket import (WebsocketConnection, WebsocketConnectionType,
                         WebsocketDataType, WebsocketError, WebsocketState)
-from .extensions import WebsocketExtension  # noqa: E402
-from .deflate import WebsocketExtensionDeflate  # noqa: E402
-from .handshake import HandshakeError  # noqa: E402
-from .server import DEFAULT_LIMITS, Server  # noqa: E402
-from .client import ClientConnection, ConnectionClosed, websocket_connect  # noqa: E402
+from .extensions import WebsocketExtension
+from .deflate import WebsocketExtensionDeflate
+from .handshake import HandshakeError
+from .server import DEFAULT_LIMITS, Server
+from .client import ClientConnection, ConnectionClosed, websocket_connect
 
 # libsoup's SoupWebsocketCloseCode, under its own name too.
 WebsocketCloseCode = CloseCode
 
 __all__ = [
-    "Server", "ServerMessage", "MessageHeaders", "ResponseBody", "Encoding", "HTTPError",
+    "Error", "Server", "ServerMessage", "MessageHeaders", "ResponseBody", "Encoding", "HTTPError",
     "WebsocketConnection", "WebsocketConnectionType", "WebsocketDataType", "WebsocketState",
     "WebsocketError", "WebsocketCloseCode", "CloseCode", "ProtocolError", "HandshakeError",
     "WebsocketExtension", "WebsocketExtensionDeflate", "websocket_connect", "ClientConnection",

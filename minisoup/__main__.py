@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Any, Callable, List, Optional, Tuple
 
-from . import __version__
+from ._version import __version__
+from .errors import Error
 from .prefork import install_log_tag
 from .server import DEFAULT_LIMITS, Server
 
@@ -24,7 +25,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-class AppError(Exception):
+class AppError(Error):
     """``APP`` cannot be loaded (bad syntax, import failure, missing or non-callable name)."""
 
 

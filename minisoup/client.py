@@ -2,18 +2,21 @@
 
 ``websocket_connect(url)`` performs the opening handshake and returns a
 :class:`ClientConnection`. It drives the same :class:`WebsocketConnection` the
-server uses (client side: frames are masked) through a blocking socket.
+server uses (client side: frames are masked) through a blocking socket: the
+``Transport`` and ``Clock`` it needs (:mod:`minisoup.interfaces`) are the small
+blocking ones below, in place of the server's loop.
 """
 
 import collections
 import heapq
 import socket
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from .handshake import HandshakeError, client_check_response, client_request_headers
 from .http import MessageHeaders
+from .interfaces import Buffer, StreamProtocol
 from .loop import Handle
 from .websocket import (WebsocketConnection, WebsocketConnectionType, WebsocketDataType,
                         WebsocketError, WebsocketState)
@@ -22,6 +25,7 @@ __all__ = ["websocket_connect", "ClientConnection", "ConnectionClosed"]
 
 MAX_RESPONSE_HEAD = 65536
 RECV_SIZE = 65536   # below glibc's mmap threshold: no mmap/munmap per recv()
+MIN_WAIT = 1e-6     # seconds: the shortest wait for data ("do not wait", kept blocking)
 
 
 class ConnectionClosed(WebsocketError):
@@ -29,12 +33,13 @@ class ConnectionClosed(WebsocketError):
 
 
 class _Clock:
-    """Timers for a blocking connection: run when the owner waits for data."""
+    """The ``Clock`` of a blocking connection: timers run when the owner waits for data."""
 
     def __init__(self) -> None:
-        self._timers = []  # type: list
+        self._timers: List[Handle] = []
 
-    def call_later(self, delay: float, callback: Callable, *args: Any) -> Handle:
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Run ``callback(*args)`` once ``delay`` seconds have passed, during a wait."""
         handle = Handle(time.monotonic() + delay, callback, args)
         heapq.heappush(self._timers, handle)
         return handle
@@ -47,19 +52,31 @@ class _Clock:
     def run_due(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0].when <= now:
-            heapq.heappop(self._timers)._run()
+            entry = heapq.heappop(self._timers).take()
+            if entry is not None:
+                callback, args = entry
+                callback(*args)
 
 
 class _BlockingTransport:
-    """The transport interface of ``loop.SocketTransport`` over a blocking socket."""
+    """A ``Transport`` over a blocking socket: each write is sent at once (``sendall``),
+    and bytes are read only when the owner calls :meth:`receive`."""
+
+    # The Transport's corking hint; nothing to batch when every write goes out at once.
+    cork_reads = False
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.protocol = None  # type: Any
+        self.protocol: Optional[StreamProtocol] = None
         self.closed = False
         self._shut = False
 
-    def write(self, data: bytes) -> None:
+    def set_protocol(self, protocol: StreamProtocol) -> None:
+        """Deliver the bytes read to ``protocol``."""
+        self.protocol = protocol
+
+    def write(self, data: Buffer) -> None:
+        """Send ``data`` now (blocking); an error closes the connection."""
         if self.closed or self._shut:
             return
         try:
@@ -67,18 +84,45 @@ class _BlockingTransport:
         except OSError as exc:
             self._lost(exc)
 
-    def writelines(self, parts: Sequence[bytes]) -> None:
+    def writelines(self, parts: Sequence[Buffer]) -> None:
+        """Send each part now, in order."""
         for part in parts:
             self.write(part)
 
+    def flush(self) -> None:
+        """Nothing to do: nothing is ever queued."""
+
     def get_write_buffer_size(self) -> int:
+        """Always 0: nothing is ever queued."""
         return 0
 
     def pause_reading(self) -> None:
-        pass
+        """Nothing to do: bytes are read only in :meth:`receive`."""
 
     def resume_reading(self) -> None:
-        pass
+        """Nothing to do: bytes are read only in :meth:`receive`."""
+
+    def receive(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds (0: do not wait) for bytes from the peer and
+        give them to the protocol: ``data_received``, ``eof_received`` on FIN, or
+        ``connection_lost`` on an error. False if nothing arrived in time."""
+        if self.closed or self.protocol is None:
+            return False
+        # Never settimeout(0): that makes the socket non-blocking, where "nothing yet" is
+        # BlockingIOError (ssl.SSLWantReadError on wss://), not socket.timeout.
+        self.sock.settimeout(max(timeout, MIN_WAIT))
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except socket.timeout:
+            return False
+        except OSError as exc:
+            self._lost(exc)
+            return True
+        if data:
+            self.protocol.data_received(data)
+        else:
+            self.protocol.eof_received()
+        return True
 
     def shutdown_write(self) -> None:
         if not self._shut and not self.closed:
@@ -89,9 +133,12 @@ class _BlockingTransport:
                 pass
 
     def close(self) -> None:
+        """Close the socket now (nothing is ever queued); ``connection_lost`` follows."""
         self._lost(None)
 
-    abort = close
+    def abort(self) -> None:
+        """As :meth:`close`."""
+        self._lost(None)
 
     def _lost(self, exc: Optional[Exception]) -> None:
         if self.closed:
@@ -120,8 +167,8 @@ class ClientConnection:
         self._clock = clock
         self._transport = transport
         self.timeout = timeout
-        self.messages = collections.deque()  # type: collections.deque
-        self.pongs = collections.deque()  # type: collections.deque
+        self.messages: Deque[Tuple[WebsocketDataType, Union[str, bytes]]] = collections.deque()
+        self.pongs: Deque[bytes] = collections.deque()
         ws.connect("message", lambda _ws, kind, data: self.messages.append((kind, data)))
         ws.connect("pong", lambda _ws, data: self.pongs.append(data))
 
@@ -148,7 +195,8 @@ class ClientConnection:
                 break
 
     # -- receiving ---------------------------------------------------------------------
-    def recv(self, timeout: Optional[float] = None) -> Tuple[WebsocketDataType, Any]:
+    def recv(self, timeout: Optional[float] = None
+             ) -> Tuple[WebsocketDataType, Union[str, bytes]]:
         """The next message as ``(type, data)`` (``str`` for TEXT, ``bytes`` for BINARY)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self.messages:
@@ -175,6 +223,13 @@ class ClientConnection:
                 raise socket.timeout("connection not closed within the timeout")
         return self.get_close_code()
 
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a closing handshake (no close frame is
+        sent; the server sees the client vanish: close code 1006). For tests and scripts
+        that simulate a lost client, or release a connection the server already closed.
+        No effect once the socket is closed."""
+        self._transport.abort()
+
     def _pump(self, deadline: float) -> bool:
         """Read once (or run a timer); False when ``deadline`` passed with nothing to do."""
         now = time.monotonic()
@@ -186,23 +241,9 @@ class ClientConnection:
             return False
         if self._transport.closed:
             return False
-        self.sock.settimeout(max(wait, 0.0))
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except socket.timeout:
-            data = None
-        except OSError as exc:
-            self._transport._lost(exc)
-            return True
-        if data is None:
-            self._clock.run_due()
-            return timer is not None and time.monotonic() < deadline
-        if data:
-            self.connection.data_received(data)
-        else:
-            self.connection.eof_received()
+        received = self._transport.receive(wait)
         self._clock.run_due()
-        return True
+        return received or (timer is not None and time.monotonic() < deadline)
 
     # -- properties ------------------------------------------------------------------------
     def get_protocol(self) -> Optional[str]:
@@ -252,7 +293,10 @@ def _read_response_head(sock: socket.socket, deadline: float) -> Tuple[int, Mess
     headers = MessageHeaders()
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        headers._add(name.strip(), value.strip())
+        try:
+            headers.append(name.strip(), value.strip())
+        except ValueError:
+            raise HandshakeError(int(parts[1]), "malformed header line %r" % line) from None
     return int(parts[1]), headers, rest
 
 
@@ -295,7 +339,7 @@ def websocket_connect(url: str, origin: Optional[str] = None,
                              extensions=result.extensions, close_timeout=timeout)
     ws.set_max_incoming_payload_size(0)
     ws.set_max_total_message_size(0)
-    transport.protocol = ws
+    transport.set_protocol(ws)
     conn = ClientConnection(sock, ws, clock, transport, timeout)
     if rest:
         ws.data_received(rest)

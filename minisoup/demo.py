@@ -5,8 +5,10 @@ watch the pre-fork workers share the load, and for tests).
 """
 
 import os
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Union
 
+from .message import ServerMessage
+from .server import Server
 from .websocket import WebsocketConnection, WebsocketDataType
 
 PAGE = """<!DOCTYPE html>
@@ -55,14 +57,15 @@ document.getElementById("form").onsubmit = (event) => {
 """
 
 
-def register(server: Any) -> None:
+def register(server: Server) -> None:
     """Add the demo's handlers to ``server``: ``/`` (HTML), ``/echo`` (WebSocket), ``/worker``."""
     server.add_handler("/", _page)
     server.add_websocket_handler("/echo", None, None, _echo)
     server.add_handler("/worker", _worker)
 
 
-def _page(server: Any, msg: Any, path: str, query: Optional[dict], user_data: Any) -> None:
+def _page(server: Server, msg: ServerMessage, path: str, query: Optional[Dict[str, str]],
+          user_data: Any) -> None:
     if path != "/":
         msg.set_status(404)
         msg.set_response("text/plain; charset=utf-8", "Not Found\n")
@@ -71,17 +74,18 @@ def _page(server: Any, msg: Any, path: str, query: Optional[dict], user_data: An
     msg.set_response("text/html; charset=utf-8", PAGE)
 
 
-def _echo(server: Any, msg: Any, path: str, connection: WebsocketConnection,
+def _echo(server: Server, msg: ServerMessage, path: str, connection: WebsocketConnection,
           user_data: Any) -> None:
     connection.connect("message", _echo_message)
 
 
 def _echo_message(connection: WebsocketConnection, data_type: WebsocketDataType,
-                  data: Any) -> None:
+                  data: Union[str, bytes]) -> None:
     connection.send_message(data_type, data)
 
 
-def _worker(server: Any, msg: Any, path: str, query: Optional[dict], user_data: Any) -> None:
+def _worker(server: Server, msg: ServerMessage, path: str, query: Optional[Dict[str, str]],
+            user_data: Any) -> None:
     msg.set_status(200)
     msg.set_response("text/plain; charset=utf-8",
                      "worker %d pid %d\n" % (server.get_worker_id(), os.getpid()))

@@ -12,6 +12,8 @@ import struct
 import threading
 from typing import Dict, List, Optional, Tuple, Union
 
+from .errors import Error
+
 __all__ = [
     "Opcode", "CloseCode", "RSV1", "RSV2", "RSV3", "MAX_CONTROL_PAYLOAD",
     "MASK_KEY_SIZE", "MASK_STRATEGY_THRESHOLD", "ProtocolError",
@@ -90,7 +92,7 @@ _UINT16 = struct.Struct("!H")
 _UINT64 = struct.Struct("!Q")
 
 
-class ProtocolError(Exception):
+class ProtocolError(Error):
     """A violation of RFC 6455 by the peer.
 
     ``close_code`` is the code to fail the connection with (1002, 1007 or

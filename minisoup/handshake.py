@@ -18,6 +18,8 @@ import secrets
 from http import HTTPStatus
 from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
+from .errors import Error
+
 __all__ = [
     "WEBSOCKET_GUID", "WEBSOCKET_VERSION", "KEY_SIZE",
     "compute_accept", "HandshakeError", "HandshakeResult",
@@ -52,7 +54,7 @@ class HeadersLike(Protocol):
         ...
 
 
-class HandshakeError(Exception):
+class HandshakeError(Error):
     """A failed handshake.
 
     On the server, ``status`` (400 or 403) and ``message`` (names the failed

@@ -15,6 +15,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from .errors import Error
+
 __all__ = [
     "Encoding", "HTTPError", "MessageHeaders", "Request", "RequestParser",
     "build_response_head", "chunk", "reason_phrase", "http_date", "LAST_CHUNK",
@@ -43,7 +45,7 @@ class Encoding(enum.Enum):
     EOF = "eof"
 
 
-class HTTPError(Exception):
+class HTTPError(Error):
     """A request that cannot be served: ``status`` is the answer, ``message`` the body.
 
     After one of these the connection is always closed: the parser cannot know

@@ -7,7 +7,9 @@ connected socket with a write buffer and drives a *protocol* object with the
 asyncio-like methods ``data_received(data)``, ``eof_received()``,
 ``connection_lost(exc)`` and, optionally, ``write_drained()`` and the pair
 ``get_buffer()`` / ``buffer_updated(nbytes)`` (receive straight into the
-protocol's memory when ``get_buffer`` returns a view rather than None).
+protocol's memory when ``get_buffer`` returns a view rather than None). Those
+interfaces are declared in :mod:`minisoup.interfaces`: :class:`SocketTransport` is a
+``Transport``, :class:`Loop` a ``Clock``, :class:`Handle` a ``TimerHandle``.
 """
 
 import errno
@@ -18,8 +20,9 @@ import signal
 import socket
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+from .interfaces import Buffer, StreamProtocol
 from .signals import last_callback
 
 log = logging.getLogger("minisoup")
@@ -57,14 +60,21 @@ class Handle:
         self.cancelled = True
         self._callback = self._args = None
 
+    def take(self) -> Optional[Tuple[Callable, tuple]]:
+        """For the scheduler whose handle this is, when it is due: ``(callback, args)``
+        to run, or None if it was cancelled. Either way the handle is done afterwards
+        (cancelled, its references dropped), so it runs at most once. The scheduler
+        runs the callback itself, so that errors and slow callbacks are reported
+        under the callback's own name."""
+        if self.cancelled:
+            return None
+        entry = (self._callback, self._args)
+        self.cancelled = True
+        self._callback = self._args = None
+        return entry
+
     def __lt__(self, other: "Handle") -> bool:
         return self.when < other.when
-
-    def _run(self) -> None:
-        if not self.cancelled:
-            cb, args = self._callback, self._args
-            self.cancel()
-            cb(*args)
 
 
 class Loop:
@@ -72,11 +82,11 @@ class Loop:
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
-        self._ready = deque()  # type: Deque[Handle]
-        self._timers = []  # type: List[Handle]
+        self._ready: Deque[Handle] = deque()
+        self._timers: List[Handle] = []
         self._stopping = False
-        self._signal_handlers = {}  # type: dict
-        self._pending_signals = []  # type: List[int]
+        self._signal_handlers: Dict[int, Callable[[int], None]] = {}
+        self._pending_signals: List[int] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -87,30 +97,38 @@ class Loop:
         # that much free at its top, glibc serves it by mmap, shrinks it by mremap and
         # frees it by munmap: three syscalls per read (strace), and on a VM the munmap's
         # TLB shootdown is dear (tools/bench.py: 64-byte echo 37k -> 103k msg/s).
-        self._recv_buf = bytearray(READ_SIZE)
-        self._recv_view = memoryview(self._recv_buf)
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     time = staticmethod(_monotonic)
 
+    @property
+    def read_buffer(self) -> memoryview:
+        """The receive buffer (``READ_SIZE`` bytes) shared by every transport of this loop.
+
+        Safe to share because the loop runs one callback at a time: a transport reads
+        into it and copies out what arrived before the next read. Its content is
+        garbage outside that window."""
+        return self._read_buffer
+
     # -- scheduling ---------------------------------------------------------
-    def call_soon(self, callback: Callable, *args: Any) -> Handle:
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
         """Run ``callback(*args)`` on the next loop iteration."""
         handle = Handle(0.0, callback, args)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, callback: Callable, *args: Any) -> Handle:
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Handle:
         """Run ``callback(*args)`` after ``delay`` seconds; returns a cancellable handle."""
         handle = Handle(_monotonic() + max(0.0, delay), callback, args)
         heapq.heappush(self._timers, handle)
         return handle
 
     # -- file descriptors ---------------------------------------------------
-    def add_reader(self, sock: Any, callback: Callable[[int], None]) -> None:
+    def add_reader(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         """Call ``callback(events)`` whenever ``sock`` is readable."""
         self._selector.register(sock, _EVENT_READ, callback)
 
-    def add_exclusive_reader(self, sock: Any, callback: Callable[[int], None]) -> None:
+    def add_exclusive_reader(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         """Like :meth:`add_reader`, but with ``EPOLLEXCLUSIVE`` where Linux offers it.
 
         Used for a listening socket shared by pre-forked workers: one new
@@ -125,18 +143,21 @@ class Loop:
             poller.unregister(sock.fileno())
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
 
-    def remove_reader(self, sock: Any) -> None:
+    def remove_reader(self, sock: socket.socket) -> None:
         """Stop watching ``sock`` (no error if it was not watched)."""
         try:
             self._selector.unregister(sock)
         except (KeyError, ValueError):
             pass
 
-    def _modify(self, sock: Any, events: int, callback: Callable) -> None:
-        self._selector.modify(sock, events, callback)
-
-    def _register(self, sock: Any, events: int, callback: Callable) -> None:
+    def register(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(mask)`` when ``sock`` is ready for ``events``
+        (``selectors.EVENT_READ | EVENT_WRITE``); ``KeyError`` if already watched."""
         self._selector.register(sock, events, callback)
+
+    def modify(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
+        """Change the events (and callback) of a ``sock`` given to :meth:`register`."""
+        self._selector.modify(sock, events, callback)
 
     # -- signals ------------------------------------------------------------
     def add_signal_handler(self, signum: int, callback: Callable[[int], None]) -> None:
@@ -197,8 +218,9 @@ class Loop:
         timers = self._timers
         run_callback = self._run_callback
         while not self._stopping:
+            timeout: Optional[float]
             if ready:
-                timeout = 0.0  # type: Optional[float]
+                timeout = 0.0
             elif timers:
                 timeout = max(0.0, timers[0].when - _monotonic())
             else:
@@ -220,13 +242,11 @@ class Loop:
                 if len(timers) > 256:
                     self._prune_timers()
             for _ in range(len(ready)):
-                handle = ready.popleft()
-                if not handle.cancelled:
-                    # Handle._run inlined: the slow-callback warning then names the
-                    # scheduled callback, not "Handle._run".
-                    callback, args = handle._callback, handle._args
-                    handle.cancel()
-                    run_callback(callback, args)
+                # Run here rather than by a Handle method: the slow-callback warning
+                # then names the scheduled callback.
+                entry = ready.popleft().take()
+                if entry is not None:
+                    run_callback(*entry)
         self._stopping = False
 
     def _prune_timers(self) -> None:
@@ -272,18 +292,18 @@ class SocketTransport:
     """
 
     __slots__ = ("_loop", "_sock", "_protocol", "_get_buffer", "_write_drained", "_wbuf",
-                 "_wsize", "_events",
+                 "_wsize", "_events", "_read_buffer",
                  "_closing", "_closed", "_shut_wr", "_reading", "_on_events_cb", "_corked",
                  "cork_reads", "__weakref__")
 
-    def __init__(self, loop: Loop, sock: socket.socket, protocol: Any) -> None:
+    def __init__(self, loop: Loop, sock: socket.socket, protocol: StreamProtocol) -> None:
         self._loop = loop
         self._sock = sock
-        self._protocol = protocol
+        self._protocol: Optional[StreamProtocol] = protocol
         # Optional protocol methods, looked up once (a missing attribute costs an exception).
         self._get_buffer = getattr(protocol, "get_buffer", None)
         self._write_drained = getattr(protocol, "write_drained", None)
-        self._wbuf = None  # type: Optional[Deque]   # created on the first short write
+        self._wbuf: Optional[Deque[Buffer]] = None  # created on the first short write
         self._wsize = 0
         self._closing = False
         self._closed = False
@@ -295,8 +315,10 @@ class SocketTransport:
         # read carries many small messages (WebSocket frames); an HTTP request and its one
         # response would only pay for the bookkeeping, so the server turns it on at the upgrade.
         self.cork_reads = False
+        # Hot path: bound once here, so that a read costs no lookup through the loop.
+        self._read_buffer = loop.read_buffer
         self._on_events_cb = self._on_events
-        loop._register(sock, _EVENT_READ, self._on_events_cb)
+        loop.register(sock, _EVENT_READ, self._on_events_cb)
 
     # -- queries --------------------------------------------------------------
     def get_write_buffer_size(self) -> int:
@@ -307,7 +329,7 @@ class SocketTransport:
         """True once ``close``/``abort`` was called or the connection was lost."""
         return self._closing or self._closed
 
-    def set_protocol(self, protocol: Any) -> None:
+    def set_protocol(self, protocol: StreamProtocol) -> None:
         """Hand the byte stream to another protocol (the WebSocket upgrade)."""
         self._protocol = protocol
         self._get_buffer = getattr(protocol, "get_buffer", None)
@@ -334,9 +356,9 @@ class SocketTransport:
         if events == self._events:
             return
         if self._events and events:
-            self._loop._modify(self._sock, events, self._on_events_cb)
+            self._loop.modify(self._sock, events, self._on_events_cb)
         elif events:
-            self._loop._register(self._sock, events, self._on_events_cb)
+            self._loop.register(self._sock, events, self._on_events_cb)
         else:
             self._loop.remove_reader(self._sock)
         self._events = events
@@ -356,12 +378,11 @@ class SocketTransport:
             self.abort()
 
     def _on_read(self) -> None:
-        loop = self._loop
         # A protocol with get_buffer() may name where the bytes go (the rest of a big
         # WebSocket payload): received there, with no copy; else into the loop's buffer.
         target = self._get_buffer() if self._get_buffer is not None else None
         try:
-            n = self._sock.recv_into(loop._recv_buf if target is None else target)
+            n = self._sock.recv_into(self._read_buffer if target is None else target)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -373,7 +394,7 @@ class SocketTransport:
             return
         if target is None:
             # A copy of exactly what arrived: protocols may keep it.
-            deliver, arg = self._protocol.data_received, loop._recv_view[:n].tobytes()
+            deliver, arg = self._protocol.data_received, self._read_buffer[:n].tobytes()
         else:
             target.release()
             deliver, arg = self._protocol.buffer_updated, n
@@ -391,7 +412,7 @@ class SocketTransport:
             self.flush()
 
     # -- writing ----------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: Buffer) -> None:
         """Queue ``data``; sent as soon as the kernel takes it. Ignored once closing."""
         if self._closing or self._closed or self._shut_wr or not data:
             return
@@ -408,7 +429,7 @@ class SocketTransport:
         if sent < len(data):
             self._queue(memoryview(data)[sent:])
 
-    def writelines(self, parts: List[bytes]) -> None:
+    def writelines(self, parts: Sequence[Buffer]) -> None:
         """Queue several buffers, sent with one ``sendmsg`` (no joining copy)."""
         if self._closing or self._closed or self._shut_wr:
             return
@@ -432,7 +453,7 @@ class SocketTransport:
             self._queue(memoryview(part)[sent:] if sent else part)
             sent = 0
 
-    def _queue(self, data: Any) -> None:
+    def _queue(self, data: Buffer) -> None:
         if self._wbuf is None:
             self._wbuf = deque()
         self._wbuf.append(data)

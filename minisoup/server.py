@@ -7,7 +7,7 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__
+from ._version import __version__
 from .connection import CLOSED, HTTPConnection
 from .handshake import HandshakeError, server_handshake
 from .http import _check_text, build_response_head, quote_path

@@ -16,7 +16,7 @@ class _LastCallback(threading.local):
     thread of the same process must not overwrite the server's record. One attribute
     store per call: cheap on purpose (it is on the message path)."""
 
-    value = None  # type: Any
+    value: Any = None
 
 
 last_callback = _LastCallback()
@@ -30,7 +30,7 @@ class SignalEmitter:
     An exception in a callback is logged and does not stop the other callbacks.
     """
 
-    SIGNALS = ()  # type: Tuple[str, ...]
+    SIGNALS: Tuple[str, ...] = ()
     __slots__ = ()
 
     def _handlers_map(self) -> Dict[str, List[Tuple[int, Callable, tuple]]]:

@@ -11,6 +11,7 @@ import logging
 import secrets
 from typing import Any, Callable, List, Optional, Union
 
+from .errors import Error
 from .frames import (CloseCode, FrameParser, Opcode, ProtocolError, Utf8Validator,
                      build_close_payload, frame_header, is_valid_close_code,
                      parse_close_payload, apply_mask)
@@ -57,7 +58,7 @@ class WebsocketConnectionType(enum.IntEnum):
     SERVER = 2
 
 
-class WebsocketError(Exception):
+class WebsocketError(Error):
     """A WebSocket protocol or I/O error; ``code`` is the close code it leads to."""
 
     def __init__(self, code: int, message: str) -> None:

@@ -355,7 +355,7 @@ def test_handler_raising_on_every_message_gets_1011_and_the_worker_keeps_serving
                     client.recv(timeout=5)
                 assert client.get_close_code() == 1011
             finally:
-                client._transport.abort()
+                client.abort()
             assert get(port)[:2] == (200, b"ok")
     tracebacks = [r for r in caplog.records if r.exc_info and "boom" in str(r.exc_info[1])]
     assert len(tracebacks) == 5

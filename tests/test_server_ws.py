@@ -462,7 +462,7 @@ def test_server_disconnect_destroys_and_closes_with_1001():
         assert rec.opened.wait(T)
         on_loop(server, server.disconnect)
         assert client.wait_closed(T) == 1001
-        client._transport.abort()
+        client.abort()
     assert sorted(destroyed) == ["other", "ws"]
     assert server.get_listeners() == []
     assert len(rec.wait_closed()) == 1
@@ -734,10 +734,10 @@ def test_exception_in_websocket_callback_closes_1011():
     with running(server) as port:
         client = connect(port)
         assert client.wait_closed(T) == 1011
-        client._transport.abort()
+        client.abort()
         again = connect(port)  # the server still accepts
         assert again.wait_closed(T) == 1011
-        again._transport.abort()
+        again.abort()
 
 
 def test_garbage_after_handshake_1002():

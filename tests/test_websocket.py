@@ -10,11 +10,20 @@ KEY = b"\x01\x02\x03\x04"
 
 
 class FakeTransport:
+    """A minisoup.interfaces.Transport that records (checked in tests/test_interfaces.py)."""
+
     def __init__(self):
         self.sent = bytearray()
         self.closed = self.aborted = self.shut = False
         self.protocol = None
         self.buffered = 0
+        self.cork_reads = False
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def flush(self):
+        pass
 
     def write(self, data):
         self.sent += data
@@ -57,6 +66,8 @@ class FakeTransport:
 
 
 class FakeClock:
+    """A minisoup.interfaces.Clock whose time moves only in advance()."""
+
     def __init__(self):
         self.now = 0.0
         self.timers = []
@@ -86,7 +97,7 @@ class FakeTimer:
 def server_connection(**kw):
     transport, clock = FakeTransport(), FakeClock()
     conn = WebsocketConnection(transport, WebsocketConnectionType.SERVER, clock, **kw)
-    transport.protocol = conn
+    transport.set_protocol(conn)
     events = []
     for name in ("message", "pong", "closing", "closed", "error"):
         conn.connect(name, lambda c, *args, n=name: events.append((n,) + args))
