@@ -16,7 +16,8 @@ MAX_PARTS = 1000                # more parts than this: refused (None), not pars
 MAX_BOUNDARY_LENGTH = 70        # RFC 2046 §5.1.1: 1 to 70 characters
 CRLF = b"\r\n"
 _DASHES = b"--"
-_TRANSPORT_PADDING = b" \t"     # RFC 2046 §5.1.1: LWSP allowed after a boundary
+# RFC 2046 §5.1.1: a boundary line may end with spaces and tabs (transport padding).
+_PADDED_LINE_END = re.compile(rb"[ \t]*\r\n")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 Param = Tuple[str, Optional[str], bool]
@@ -186,12 +187,8 @@ class _Delimiter:
         i = pos + len(self.dash_boundary)
         if body.startswith(_DASHES, i):
             return True, i + 2
-        n = len(body)
-        while i < n and body[i] in _TRANSPORT_PADDING:
-            i += 1
-        if body.startswith(CRLF, i):
-            return False, i + 2
-        return None
+        line_end = _PADDED_LINE_END.match(body, i)
+        return (False, line_end.end()) if line_end else None
 
     def find(self, start: int) -> Optional[Tuple[int, bool, int]]:
         """The next delimiter (CRLF included) at or after ``start``: ``(its position,
