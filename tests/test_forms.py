@@ -114,3 +114,120 @@ def test_filename_quoting_as_sent():
     assert form_decode_multipart(mp, "f")[1] == "été.txt"
     mp = _multipart(_field(b'form-data; name="f"; filename="../../etc/passwd"', b""),)
     assert form_decode_multipart(mp, "f")[1] == "passwd"
+
+
+# --- End to end: a Server handler decoding uploads and forms, setting cookies ---
+
+import http.client  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+import minisoup  # noqa: E402
+from conftest import running  # noqa: E402
+from minisoup.cookies import Cookie, SameSitePolicy, cookies_from_request, cookies_to_response  # noqa: E402
+
+
+def _form_handler(server, msg, path, query, user_data):
+    headers = msg.get_request_headers()
+    if headers.get_content_type() == "application/x-www-form-urlencoded":
+        result = {"fields": form_decode(msg.get_request_body())}
+    else:
+        decoded = form_decode_multipart(
+            Multipart.new_from_message(headers, msg.get_request_body()), "file")
+        if decoded is None:
+            msg.set_status(400)
+            msg.set_response("text/plain", b"not a multipart/form-data body\n")
+            return
+        fields, filename, content_type, data = decoded
+        result = {"fields": fields, "filename": filename, "content_type": content_type,
+                  "file": data.hex() if data is not None else None}
+    result["cookies"] = [[c.get_name(), c.get_value()] for c in cookies_from_request(msg)]
+    session = Cookie("session", "s\u00e9ance", path="/", max_age=3600)
+    session.set_http_only(True)
+    session.set_same_site_policy(SameSitePolicy.STRICT)
+    cookies_to_response([session, Cookie("seen", "1")], msg)
+    msg.set_status(200)
+    msg.set_response("application/json", json.dumps(result).encode())
+
+
+def _post(port, body, content_type, cookie=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        headers = {"Content-Type": content_type}
+        if cookie:
+            headers["Cookie"] = cookie
+        conn.request("POST", "/form", body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read(), resp.msg.get_all("Set-Cookie")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def form_port():
+    server = minisoup.Server()
+    server.add_handler("/form", _form_handler)
+    with running(server) as port:
+        yield port
+
+
+def test_server_decodes_a_hand_built_upload_and_sets_cookies(form_port):
+    data = bytes(range(256)) + b"\r\n--not-the-boundary\r\n"
+    body = (b"ignored preamble\r\n"
+            b"------xyz\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n"
+            b"Caf\xc3\xa9 menu\r\n"
+            b"------xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"menu.bin\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n"
+            b"------xyz--\r\n")
+    status, answer, set_cookies = _post(form_port, body, "multipart/form-data; boundary=----xyz",
+                                        cookie="theme=dark; lang=fr")
+    assert status == 200
+    result = json.loads(answer)
+    assert result["fields"] == {"title": "Café menu"}
+    assert (result["filename"], result["content_type"]) == ("menu.bin", "application/octet-stream")
+    assert bytes.fromhex(result["file"]) == data
+    assert result["cookies"] == [["theme", "dark"], ["lang", "fr"]]
+    # http.client reads header bytes as latin-1; the cookie travelled as UTF-8.
+    session, seen = [h.encode("latin-1").decode("utf-8") for h in set_cookies]
+    assert session.startswith("session=s\u00e9ance; expires=") and session.endswith(
+        " GMT; path=/; SameSite=Strict; HttpOnly")
+    assert seen == "seen=1; SameSite=Lax"
+
+
+def test_server_decodes_an_urlencoded_body(form_port):
+    body = form_encode([("q", "a&b=c d"), ("n", "\u20ac")]).encode()
+    status, answer, set_cookies = _post(form_port, body + b"&bad=%zz",
+                                        "application/x-www-form-urlencoded")
+    assert status == 200
+    assert json.loads(answer) == {"fields": {"q": "a&b=c d", "n": "\u20ac"}, "cookies": []}
+    assert len(set_cookies) == 2
+
+
+def test_server_answers_400_to_a_malformed_upload(form_port):
+    body = b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\ntruncated"
+    status, answer, _ = _post(form_port, body, "multipart/form-data; boundary=xyz")
+    assert status == 400
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_server_decodes_a_curl_upload(form_port, tmp_path):
+    upload = tmp_path / "r\u00e9sum\u00e9 1.txt"
+    data = os.urandom(100000) + b"\r\n--"
+    upload.write_bytes(data)
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-F", "name=Zo\u00e9", "-F", "note=<-",
+         "-F", "file=@%s;type=text/plain" % upload,
+         "-b", "a=1; b=2", "-D", "-", "http://127.0.0.1:%d/form" % form_port],
+        input=b"from stdin", stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert out.returncode == 0, out.stderr
+    head, _, answer = out.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    result = json.loads(answer)
+    assert result["fields"] == {"name": "Zo\u00e9", "note": "from stdin"}
+    assert result["filename"] == "r\u00e9sum\u00e9 1.txt"
+    assert result["content_type"] == "text/plain"
+    assert bytes.fromhex(result["file"]) == data
+    assert result["cookies"] == [["a", "1"], ["b", "2"]]
+    assert head.count(b"\r\nSet-Cookie: ") == 2
