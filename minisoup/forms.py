@@ -108,7 +108,9 @@ def form_decode_multipart(multipart: Optional[Multipart],
     if multipart is None:
         return None
     fields = {}  # type: Dict[str, str]
-    filename = content_type = file_bytes = None  # type: Optional[str], Optional[str], Optional[bytes]
+    filename = None  # type: Optional[str]
+    content_type = None  # type: Optional[str]
+    file_bytes = None  # type: Optional[bytes]
     for i in range(multipart.get_length()):
         headers, body = multipart.get_part(i)
         disposition = parse_content_disposition(headers.get_one("Content-Disposition"))
