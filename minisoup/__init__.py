@@ -17,6 +17,10 @@ from .deflate import WebsocketExtensionDeflate
 from .handshake import HandshakeError
 from .server import DEFAULT_LIMITS, Server
 from .client import ClientConnection, ConnectionClosed, websocket_connect
+from .forms import (FORM_MIME_TYPE_MULTIPART, FORM_MIME_TYPE_URLENCODED, form_decode,
+                    form_decode_multipart, form_encode)
+from .multipart import Multipart
+from .cookies import Cookie, SameSitePolicy, cookies_from_request, cookies_to_response
 
 # libsoup's SoupWebsocketCloseCode, under its own name too.
 WebsocketCloseCode = CloseCode
@@ -27,4 +31,7 @@ __all__ = [
     "WebsocketError", "WebsocketCloseCode", "CloseCode", "ProtocolError", "HandshakeError",
     "WebsocketExtension", "WebsocketExtensionDeflate", "websocket_connect", "ClientConnection",
     "ConnectionClosed", "DEFAULT_LIMITS", "__version__",
+    "form_decode", "form_encode", "form_decode_multipart", "FORM_MIME_TYPE_URLENCODED",
+    "FORM_MIME_TYPE_MULTIPART", "Multipart", "Cookie", "SameSitePolicy", "cookies_from_request",
+    "cookies_to_response",
 ]
