@@ -190,6 +190,14 @@ CASES = {
     "any protocol offer when none is set": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Protocol: x\r\n"),
     "wrong version": lambda key: _upgrade(key, "/open", version="8"),
     "key of 15 bytes": lambda key: _upgrade(base64.b64encode(b"x" * 15).decode(), "/open"),
+    # RFC 6455 11.3.1 and 11.3.5: Key and Version appear once. libsoup agrees on these; it
+    # answers two valid keys with a 101 for the last one, where minisoup follows the RFC (400).
+    "version field twice": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Version: 13\r\n"),
+    "version 8 then 13": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Version: 13\r\n",
+                                              version="8"),
+    "version list 13, 13": lambda key: _upgrade(key, "/open", version="13, 13"),
+    "key then an empty key": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Key:\r\n"),
+    "two keys in one field": lambda key: _upgrade(key + ", " + _key(), "/open"),
     "POST upgrade": lambda key: _upgrade(key, "/open", method="POST"),
     "plain GET to a WebSocket-only path": lambda key: "GET /open HTTP/1.1\r\nHost: x\r\n\r\n",
     "normal handler": lambda key: "GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

@@ -374,6 +374,11 @@ BAD_HANDSHAKES = [
     ("key of 15 bytes", dict(key="AAAAAAAAAAAAAAAAAAAA"), 400, "Key"),
     ("key of 17 bytes", dict(key="AAAAAAAAAAAAAAAAAAAAAAA="), 400, "Key"),
     ("key not base64", dict(key="!!!!!!!!!!!!!!!!!!!!!!=="), 400, "Key"),
+    # RFC 6455 11.3.1 / 11.3.5: each appears once (the last key used to get a 101).
+    ("two keys", dict(headers=[("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+                               ("Sec-WebSocket-Key", "BBBBBBBBBBBBBBBBBBBBBB==")]), 400, "once"),
+    ("two version fields", dict(headers=[("Sec-WebSocket-Version", "13"),
+                                         ("Sec-WebSocket-Version", "13")]), 400, "once"),
 ]
 
 
