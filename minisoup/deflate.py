@@ -43,9 +43,11 @@ MAX_MEM_LEVEL = 9
 _SYNC_TAIL = b"\x00\x00\xff\xff"
 _SYNC_TAIL_LEN = len(_SYNC_TAIL)
 
-# RFC 7692 §7.1.2.1: the value is 1*DIGIT (a quoted "10" arrives here already unquoted).
-# Every valid size fits in two digits, so longer input is out of range without int().
-_DIGITS_RE = re.compile(r"[0-9]{1,2}")
+# RFC 7692 §7.1.2.1/§7.1.2.2: "a decimal integer value without leading zeroes" (a quoted
+# "10" arrives here already unquoted). Every valid size fits in two digits, so longer input
+# is out of range without int(); "09", "+9", " 9" or "9.0" never reach int() (which would
+# take them all but the last).
+_DIGITS_RE = re.compile(r"[1-9][0-9]?")
 
 _WINDOW_PARAMS = (SERVER_MAX_WINDOW_BITS, CLIENT_MAX_WINDOW_BITS)
 
@@ -126,8 +128,9 @@ class WebsocketExtensionDeflate(WebsocketExtension):
     Before the first compressed message nothing is allocated.
 
     **Negotiation** follows RFC 7692 §7 exactly: an offer with an unknown or repeated
-    parameter, a value on ``*_no_context_takeover``, or a missing or out-of-range (8-15)
-    window size is declined, and the next offer is tried. The browser offer
+    parameter, a value on ``*_no_context_takeover``, or a missing, out-of-range (8-15) or
+    not plainly written (``09``, ``+9``) window size is declined, and the next offer is
+    tried. The browser offer
     ``permessage-deflate; client_max_window_bits`` is accepted.
 
     **Agreement.** An instance exposes what was agreed, whichever side it is on:

@@ -121,10 +121,25 @@ def test_browser_offer_chrome_style():
     "; client_max_window_bits=16",
     "; client_max_window_bits=x",
     "; Server_No_Context_Takeover",  # parameter names are case-sensitive
+    # RFC 7692 7.1.2: a decimal integer without leading zeroes (libsoup takes "09" as 9)
+    "; server_max_window_bits=09",
+    '; server_max_window_bits="09"',
+    "; server_max_window_bits=010",
+    "; server_max_window_bits=9.0",
+    "; client_max_window_bits=09",
+    '; client_max_window_bits="09"',
+    "; client_max_window_bits=+9",
+    "; client_max_window_bits=9.0",
 ])
 def test_declined_offers(offer):
     assert accept(offer) is None
     assert accept(offer, WebsocketExtensionDeflate) is None
+    assert negotiate_server("permessage-deflate" + offer, [Plain]) == ([], None)
+
+
+@pytest.mark.parametrize("offer", ['; server_max_window_bits=" 9"', '; client_max_window_bits="9 "'])
+def test_window_bits_with_spaces_inside_quotes_declined(offer):
+    # Not a token once unquoted: the header does not parse, nothing is accepted.
     assert negotiate_server("permessage-deflate" + offer, [Plain]) == ([], None)
 
 
@@ -226,6 +241,8 @@ def test_client_accept(answer, expected):
     "permessage-deflate; server_max_window_bits",
     "permessage-deflate; server_max_window_bits=16",
     "permessage-deflate; client_max_window_bits=7",
+    "permessage-deflate; server_max_window_bits=09",
+    "permessage-deflate; client_max_window_bits=010",
     "permessage-deflate; unknown",
     "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
     "permessage-deflate; client_no_context_takeover=1",
