@@ -208,6 +208,7 @@ class WebsocketExtensionDeflate(WebsocketExtension):
         self._deflater = None  # type: Optional[zlib._Compress]
         self._inflater = None  # type: Optional[zlib._Decompress]
         self._decoded_size = 0
+        self._message_has_input = False  # a compressed byte of this message arrived
 
     def __repr__(self) -> str:
         return ("%s(server_no_context_takeover=%r, client_no_context_takeover=%r, "
@@ -301,6 +302,7 @@ class WebsocketExtensionDeflate(WebsocketExtension):
     def decode_start(self, rsv: int) -> bool:
         """Start an incoming data message; ``True`` when RSV1 says it is compressed."""
         self._decoded_size = 0
+        self._message_has_input = False
         return bool(rsv & RSV1)
 
     def decode(self, data: bytes, fin: bool, max_size: int) -> bytes:
@@ -310,7 +312,19 @@ class WebsocketExtensionDeflate(WebsocketExtension):
         ``max_size`` (0 = no limit) plus one byte, so a "zip bomb" costs at most
         ``max_size`` bytes before ``ProtocolError(CloseCode.TOO_BIG)``. Corrupt data
         raises ``ProtocolError(CloseCode.BAD_DATA)``.
+
+        An empty message may arrive compressed as the single byte ``0x00`` (RFC 7692
+        §7.2.3.6, what zlib makes of it) or, from some clients, as no bytes at all; both
+        decode to ``b""`` and leave the context as it was.
         """
+        if not data:
+            if not fin or not self._message_has_input:
+                # Nothing to inflate. A whole message without a compressed byte is the
+                # empty message: the sync-flush tail alone would open a stored block that
+                # the next message's bytes would then be read as (and fail with 1007).
+                return b""
+        else:
+            self._message_has_input = True
         inflater = self._inflater
         if inflater is None:
             inflater = self._inflater = zlib.decompressobj(wbits=-self._peer_bits)
