@@ -216,6 +216,16 @@ class WebsocketExtensionDeflate(WebsocketExtension):
                 % (type(self).__name__, self.server_no_context_takeover, self.client_no_context_takeover,
                    self.server_max_window_bits, self.client_max_window_bits, self.is_server))
 
+    def has_compressor(self) -> bool:
+        """Whether a zlib compressor is held now: created on the first message compressed,
+        kept with context takeover, dropped after each message without it."""
+        return self._deflater is not None
+
+    def has_decompressor(self) -> bool:
+        """Whether a zlib decompressor is held now (as :meth:`has_compressor`, for the
+        peer's messages; also dropped when the peer ends its stream with BFINAL)."""
+        return self._inflater is not None
+
     # -- negotiation ---------------------------------------------------------------
 
     @classmethod

@@ -351,16 +351,16 @@ def test_no_context_takeover_repeats_same_size():
         assert send(server, client, message) == message
         assert send(client, server, message) == message
     # nothing kept between messages on either side
-    assert server._deflater is None and server._inflater is None
-    assert client._deflater is None and client._inflater is None
+    assert not server.has_compressor() and not server.has_decompressor()
+    assert not client.has_compressor() and not client.has_decompressor()
 
 
 def test_zlib_objects_created_lazily():
     server, client = pair()
-    assert server._deflater is None and server._inflater is None
+    assert not server.has_compressor() and not server.has_decompressor()
     send(server, client, b"lazy " * 50)
-    assert server._deflater is not None and client._inflater is not None
-    assert server._inflater is None and client._deflater is None
+    assert server.has_compressor() and client.has_decompressor()
+    assert not server.has_decompressor() and not client.has_compressor()
 
 
 def test_decode_start_without_rsv1():
@@ -440,7 +440,7 @@ def test_small_message_below_threshold_is_not_compressed():
     server, _ = pair()
     message = b"x" * (WebsocketExtensionDeflate.compress_threshold - 1)
     assert server.encode(message) == (message, 0)
-    assert server._deflater is None  # no compressor allocated for it
+    assert not server.has_compressor()  # no compressor allocated for it
     payload, rsv = server.encode(b"x" * WebsocketExtensionDeflate.compress_threshold)
     assert rsv == RSV1
 
