@@ -43,9 +43,11 @@ MAX_MEM_LEVEL = 9
 _SYNC_TAIL = b"\x00\x00\xff\xff"
 _SYNC_TAIL_LEN = len(_SYNC_TAIL)
 
-# RFC 7692 §7.1.2.1: the value is 1*DIGIT (a quoted "10" arrives here already unquoted).
-# Every valid size fits in two digits, so longer input is out of range without int().
-_DIGITS_RE = re.compile(r"[0-9]{1,2}")
+# RFC 7692 §7.1.2.1/§7.1.2.2: "a decimal integer value without leading zeroes" (a quoted
+# "10" arrives here already unquoted). Every valid size fits in two digits, so longer input
+# is out of range without int(); "09", "+9", " 9" or "9.0" never reach int() (which would
+# take them all but the last).
+_DIGITS_RE = re.compile(r"[1-9][0-9]?")
 
 _WINDOW_PARAMS = (SERVER_MAX_WINDOW_BITS, CLIENT_MAX_WINDOW_BITS)
 
@@ -126,8 +128,9 @@ class WebsocketExtensionDeflate(WebsocketExtension):
     Before the first compressed message nothing is allocated.
 
     **Negotiation** follows RFC 7692 §7 exactly: an offer with an unknown or repeated
-    parameter, a value on ``*_no_context_takeover``, or a missing or out-of-range (8-15)
-    window size is declined, and the next offer is tried. The browser offer
+    parameter, a value on ``*_no_context_takeover``, or a missing, out-of-range (8-15) or
+    not plainly written (``09``, ``+9``) window size is declined, and the next offer is
+    tried. The browser offer
     ``permessage-deflate; client_max_window_bits`` is accepted.
 
     **Agreement.** An instance exposes what was agreed, whichever side it is on:
@@ -205,12 +208,23 @@ class WebsocketExtensionDeflate(WebsocketExtension):
         self._deflater = None  # type: Optional[zlib._Compress]
         self._inflater = None  # type: Optional[zlib._Decompress]
         self._decoded_size = 0
+        self._message_has_input = False  # a compressed byte of this message arrived
 
     def __repr__(self) -> str:
         return ("%s(server_no_context_takeover=%r, client_no_context_takeover=%r, "
                 "server_max_window_bits=%d, client_max_window_bits=%d, is_server=%r)"
                 % (type(self).__name__, self.server_no_context_takeover, self.client_no_context_takeover,
                    self.server_max_window_bits, self.client_max_window_bits, self.is_server))
+
+    def has_compressor(self) -> bool:
+        """Whether a zlib compressor is held now: created on the first message compressed,
+        kept with context takeover, dropped after each message without it."""
+        return self._deflater is not None
+
+    def has_decompressor(self) -> bool:
+        """Whether a zlib decompressor is held now (as :meth:`has_compressor`, for the
+        peer's messages; also dropped when the peer ends its stream with BFINAL)."""
+        return self._inflater is not None
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -298,6 +312,7 @@ class WebsocketExtensionDeflate(WebsocketExtension):
     def decode_start(self, rsv: int) -> bool:
         """Start an incoming data message; ``True`` when RSV1 says it is compressed."""
         self._decoded_size = 0
+        self._message_has_input = False
         return bool(rsv & RSV1)
 
     def decode(self, data: bytes, fin: bool, max_size: int) -> bytes:
@@ -307,7 +322,19 @@ class WebsocketExtensionDeflate(WebsocketExtension):
         ``max_size`` (0 = no limit) plus one byte, so a "zip bomb" costs at most
         ``max_size`` bytes before ``ProtocolError(CloseCode.TOO_BIG)``. Corrupt data
         raises ``ProtocolError(CloseCode.BAD_DATA)``.
+
+        An empty message may arrive compressed as the single byte ``0x00`` (RFC 7692
+        §7.2.3.6, what zlib makes of it) or, from some clients, as no bytes at all; both
+        decode to ``b""`` and leave the context as it was.
         """
+        if not data:
+            if not fin or not self._message_has_input:
+                # Nothing to inflate. A whole message without a compressed byte is the
+                # empty message: the sync-flush tail alone would open a stored block that
+                # the next message's bytes would then be read as (and fail with 1007).
+                return b""
+        else:
+            self._message_has_input = True
         inflater = self._inflater
         if inflater is None:
             inflater = self._inflater = zlib.decompressobj(wbits=-self._peer_bits)

@@ -144,10 +144,15 @@ UNMASK_SLAB = 256 * 1024
 # Frame payloads from this size on are collected by _BigPayload: received into
 # chunks of their own, of DIRECT_CHUNK_MIN to DIRECT_CHUNK_MAX bytes (powers of
 # two), which go back to a pool of at most DIRECT_POOL_LIMIT bytes per process.
+# A big payload gets its first chunk only once DIRECT_START of its bytes have
+# arrived; until then they wait in the parser's read buffer, so that memory held
+# follows what the peer sent, not what its header announced (15 bytes announcing
+# 128 KiB used to pin a 64 KiB chunk: x4,000 over many connections).
 DIRECT_MIN = 64 * 1024
 DIRECT_CHUNK_MIN = 64 * 1024
 DIRECT_CHUNK_MAX = 1024 * 1024
 DIRECT_POOL_LIMIT = 4 * 1024 * 1024
+DIRECT_START = DIRECT_CHUNK_MIN
 
 _XOR_TABLES = [None] * 256  # type: List[Optional[bytes]]
 
@@ -287,9 +292,10 @@ class FrameParser:
     #    Structs, and the consumed prefix is dropped once per feed, not per
     #    frame (CPython's bytearray drops a prefix without moving the rest).
     # ``_need`` lets next_frame() return at once while a frame is incomplete.
-    # A payload of DIRECT_MIN bytes or more that is incomplete when its header is
-    # parsed (a 64 MiB frame, say) leaves this buffer: a _BigPayload collects it,
-    # and the transport may receive into it directly (recv_buffer / recv_done).
+    # A payload of DIRECT_MIN bytes or more that is incomplete once DIRECT_START of
+    # its bytes are here (a 64 MiB frame, say) leaves this buffer: a _BigPayload
+    # collects it, and the transport may receive into it directly (recv_buffer /
+    # recv_done). Before that, a big frame waits here like a small one.
     # ``collecting`` caches "a _BigPayload still wants bytes" for the transport's
     # per-read test.
 
@@ -342,6 +348,13 @@ class FrameParser:
         """Number of received bytes not yet returned as frames."""
         held = len(self._buf) - self._pos
         return held + self._big.got if self._big is not None else held
+
+    def memory_held(self) -> int:
+        """Bytes of buffer this parser holds: its read buffer plus the capacity of the
+        chunks a big payload is being received into (a measure for tests and memory
+        accounting; not needed to parse)."""
+        held = len(self._buf)
+        return held + self._big.capacity() if self._big is not None else held
 
     def next_frame(self) -> Optional[Frame]:
         """The next complete frame as ``(opcode, fin, rsv, payload)`` with the
@@ -414,13 +427,17 @@ class FrameParser:
         if end - pos > avail:
             if length < DIRECT_MIN:
                 self._need = end - pos
-            elif start - pos > avail:
-                self._need = start - pos  # the header's mask key first
+            elif avail - (start - pos) < DIRECT_START:
+                # The rest of the header, and then DIRECT_START payload bytes, first.
+                self._need = start - pos + DIRECT_START
             else:
                 self._big = _BigPayload((opcode, bool(b0 & FIN_BIT), rsv),
                                         bytes(key) if masked else None, length,
                                         memoryview(buf)[start:])
-                self._pos = len(buf)
+                # Its bytes are in the chunks now: let this buffer go at once rather
+                # than hold a second copy until the payload is complete.
+                self._buf = bytearray()
+                self._pos = 0
                 self._need = 2
                 self.collecting = self._big.left > 0
             return None
@@ -526,6 +543,11 @@ class _BigPayload:
             self._base = self.got
         fill = self._fill
         return memoryview(chunk)[fill:fill + self.left]
+
+    def capacity(self) -> int:
+        """Bytes of chunk memory held: the full chunks plus the one being filled."""
+        held = sum(len(chunk) for chunk in self._chunks)
+        return held + len(self._chunk) if self._chunk is not None else held
 
     def done(self, n: int) -> None:
         """``n`` bytes were written into the view :meth:`buffer` returned."""

@@ -102,6 +102,13 @@ def _has_token(headers: HeadersLike, name: str, token: str) -> bool:
     return token in (item.lower() for item in _tokens(headers.get_list(name)))
 
 
+def _repeated(headers: HeadersLike, name: str) -> bool:
+    """Whether field ``name`` appears more than once: the comma-joined list of its
+    values then differs from its last value."""
+    value = headers.get_list(name)
+    return value is not None and value != headers.get_one(name)
+
+
 def _valid_key(key: Optional[str]) -> bool:
     if key is None:
         return False
@@ -137,7 +144,8 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
 
     Raises HandshakeError (400, or 403 for the Origin) naming the first check
     that failed, in this order: method GET, HTTP/1.1, Upgrade, Connection,
-    Sec-WebSocket-Version, Sec-WebSocket-Key, Origin, Sec-WebSocket-Protocol.
+    Sec-WebSocket-Version, Sec-WebSocket-Key (each must appear exactly once),
+    Origin, Sec-WebSocket-Protocol.
     """
     if method != "GET":
         raise _bad_request("WebSocket handshake expected: method must be GET, not %s" % method)
@@ -148,12 +156,20 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
     if not _has_token(headers, "Connection", CONNECTION_TOKEN):
         raise _bad_request("WebSocket handshake expected: Connection header must contain Upgrade")
 
+    # RFC 6455 11.3.1 and 11.3.5: Key and Version MUST NOT appear more than once in a
+    # request. Taking the last of several (as libsoup does for the Key) would let a
+    # proxy's checks and ours see different keys or versions.
+    if _repeated(headers, "Sec-WebSocket-Version"):
+        raise _bad_request("Invalid WebSocket version: Sec-WebSocket-Version must appear once",
+                           [("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
     version = headers.get_one("Sec-WebSocket-Version")
     if version is None or version.strip() != WEBSOCKET_VERSION:
         # RFC 6455 4.4: tell the client which version we speak (libsoup does not).
         raise _bad_request("Unsupported WebSocket version: Sec-WebSocket-Version must be 13",
                            [("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
 
+    if _repeated(headers, "Sec-WebSocket-Key"):
+        raise _bad_request("Invalid WebSocket key: Sec-WebSocket-Key must appear once")
     key = headers.get_one("Sec-WebSocket-Key")
     if key is not None:
         key = key.strip()  # RFC 6455 4.2.2: the accept uses the trimmed key
@@ -244,7 +260,8 @@ def client_check_response(status: int, headers: HeadersLike, key: str,
     """Verify the server's answer to our upgrade request.
 
     Checks status 101, the Upgrade and Connection tokens, that
-    Sec-WebSocket-Accept matches ``key`` exactly, that a returned subprotocol
+    Sec-WebSocket-Accept matches ``key`` exactly, that neither it nor
+    Sec-WebSocket-Protocol appears twice, that a returned subprotocol
     is one of ``protocols`` we offered, and that the extensions accepted are
     ones we offered (via ``minisoup.extensions.client_accept``).
     Raises HandshakeError(status, message) naming the failed check.
@@ -256,6 +273,11 @@ def client_check_response(status: int, headers: HeadersLike, key: str,
     if not _has_token(headers, "Connection", CONNECTION_TOKEN):
         raise HandshakeError(status, "Server ignored WebSocket handshake: Connection header missing Upgrade")
 
+    # RFC 6455 11.3.3 and 11.3.4: Accept and Protocol MUST NOT appear more than once in
+    # a response.
+    for name in ("Sec-WebSocket-Accept", "Sec-WebSocket-Protocol"):
+        if _repeated(headers, name):
+            raise HandshakeError(status, "Server returned %s more than once" % name)
     accept = headers.get_one("Sec-WebSocket-Accept")
     # Exact comparison: base64 is case-sensitive (libsoup compares ignoring case).
     if accept is None or accept.strip() != compute_accept(key):

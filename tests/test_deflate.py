@@ -121,10 +121,25 @@ def test_browser_offer_chrome_style():
     "; client_max_window_bits=16",
     "; client_max_window_bits=x",
     "; Server_No_Context_Takeover",  # parameter names are case-sensitive
+    # RFC 7692 7.1.2: a decimal integer without leading zeroes (libsoup takes "09" as 9)
+    "; server_max_window_bits=09",
+    '; server_max_window_bits="09"',
+    "; server_max_window_bits=010",
+    "; server_max_window_bits=9.0",
+    "; client_max_window_bits=09",
+    '; client_max_window_bits="09"',
+    "; client_max_window_bits=+9",
+    "; client_max_window_bits=9.0",
 ])
 def test_declined_offers(offer):
     assert accept(offer) is None
     assert accept(offer, WebsocketExtensionDeflate) is None
+    assert negotiate_server("permessage-deflate" + offer, [Plain]) == ([], None)
+
+
+@pytest.mark.parametrize("offer", ['; server_max_window_bits=" 9"', '; client_max_window_bits="9 "'])
+def test_window_bits_with_spaces_inside_quotes_declined(offer):
+    # Not a token once unquoted: the header does not parse, nothing is accepted.
     assert negotiate_server("permessage-deflate" + offer, [Plain]) == ([], None)
 
 
@@ -226,6 +241,8 @@ def test_client_accept(answer, expected):
     "permessage-deflate; server_max_window_bits",
     "permessage-deflate; server_max_window_bits=16",
     "permessage-deflate; client_max_window_bits=7",
+    "permessage-deflate; server_max_window_bits=09",
+    "permessage-deflate; client_max_window_bits=010",
     "permessage-deflate; unknown",
     "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
     "permessage-deflate; client_no_context_takeover=1",
@@ -334,16 +351,16 @@ def test_no_context_takeover_repeats_same_size():
         assert send(server, client, message) == message
         assert send(client, server, message) == message
     # nothing kept between messages on either side
-    assert server._deflater is None and server._inflater is None
-    assert client._deflater is None and client._inflater is None
+    assert not server.has_compressor() and not server.has_decompressor()
+    assert not client.has_compressor() and not client.has_decompressor()
 
 
 def test_zlib_objects_created_lazily():
     server, client = pair()
-    assert server._deflater is None and server._inflater is None
+    assert not server.has_compressor() and not server.has_decompressor()
     send(server, client, b"lazy " * 50)
-    assert server._deflater is not None and client._inflater is not None
-    assert server._inflater is None and client._deflater is None
+    assert server.has_compressor() and client.has_decompressor()
+    assert not server.has_decompressor() and not client.has_compressor()
 
 
 def test_decode_start_without_rsv1():
@@ -360,14 +377,61 @@ def test_peer_final_block_resets_context():
         assert server.decode(payload, True, 0) == text
 
 
-def test_empty_compressed_message():
-    class Always(WebsocketExtensionDeflate):
-        compress_threshold = 0
+class Always(WebsocketExtensionDeflate):
+    compress_threshold = 0
 
-    server, client = pair(server_type=Always, client_type=Always)
+
+class AlwaysNoTakeover(Always):
+    force_no_context_takeover = True
+    peer_no_context_takeover = True
+
+
+@pytest.mark.parametrize("ext_type", [Always, AlwaysNoTakeover], ids=["takeover", "no-takeover"])
+def test_empty_compressed_message(ext_type):
+    server, client = pair(server_type=ext_type, client_type=ext_type)
     payload, rsv = server.encode(b"")
-    assert rsv == RSV1
-    assert client.decode_start(rsv) and client.decode(payload, True, 0) == b""
+    if ext_type.force_no_context_takeover:
+        assert (payload, rsv) == (b"", 0)  # compressing would not make it smaller
+    else:
+        # RFC 7692 7.2.3.6: an empty message compresses to the single byte 0x00
+        assert (payload, rsv) == (b"\x00", RSV1)
+    assert client.decode_start(rsv) == bool(rsv)
+    assert (client.decode(payload, True, 0) if rsv else payload) == b""
+    # ... and both sides' contexts still agree for the next messages
+    for message in (b"after the empty one " * 5, b"after the empty one " * 6):
+        assert send(server, client, message) == message
+        assert send(client, server, message) == message
+
+
+# How the empty message arrives with RSV1: zlib's 0x00, no bytes at all (some clients),
+# or no bytes split over an empty first frame and an empty continuation.
+EMPTY_SHAPES = {"zero-byte": [b"\x00"], "no-bytes": [b""], "fragmented-no-bytes": [b"", b""]}
+
+
+@pytest.mark.parametrize("shape", sorted(EMPTY_SHAPES))
+@pytest.mark.parametrize("ext_type", [Always, AlwaysNoTakeover], ids=["takeover", "no-takeover"])
+def test_empty_compressed_message_then_the_next_one_decodes(ext_type, shape):
+    # Regression: an empty payload with RSV1 fed the sync tail alone to the inflater, which
+    # left it inside a stored block; the next valid message then failed with 1007.
+    server, client = pair(server_type=ext_type, client_type=ext_type)
+    first = b"context before " * 8
+    assert send(client, server, first) == first
+    frames = EMPTY_SHAPES[shape]
+    assert server.decode_start(RSV1)
+    out = [server.decode(f, i == len(frames) - 1, 0) for i, f in enumerate(frames)]
+    assert out == [b""] * len(frames)
+    for message in (b"context before and after " * 8, first):
+        assert send(client, server, message) == message
+
+
+def test_empty_final_fragment_after_data_still_ends_the_block():
+    # Only a message with no compressed byte at all is skipped: an empty last frame after
+    # data must still close the block with the sync tail.
+    server, client = pair()
+    for message in (b"first " * 30, b"second " * 30):
+        payload, rsv = client.encode(message)
+        assert server.decode_start(rsv)
+        assert server.decode(payload, False, 0) + server.decode(b"", True, 0) == message
 
 
 # -- transform: threshold ------------------------------------------------------------------
@@ -376,7 +440,7 @@ def test_small_message_below_threshold_is_not_compressed():
     server, _ = pair()
     message = b"x" * (WebsocketExtensionDeflate.compress_threshold - 1)
     assert server.encode(message) == (message, 0)
-    assert server._deflater is None  # no compressor allocated for it
+    assert not server.has_compressor()  # no compressor allocated for it
     payload, rsv = server.encode(b"x" * WebsocketExtensionDeflate.compress_threshold)
     assert rsv == RSV1
 

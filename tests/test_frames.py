@@ -449,8 +449,13 @@ def test_recv_buffer_only_inside_a_big_payload_and_never_past_its_end():
     parser.feed(header[:5])                          # mask key not complete yet
     assert parser.next_frame() is None and parser.recv_buffer() is None
     parser.feed(header[5:])
+    assert parser.next_frame() is None and parser.recv_buffer() is None
+    start = frames_mod.DIRECT_START                  # the first bytes come through feed()
+    parser.feed(frame[14:14 + start - 1])
+    assert parser.next_frame() is None and parser.recv_buffer() is None
+    parser.feed(frame[14 + start - 1:14 + start])
     assert parser.next_frame() is None
-    received = 0
+    received = start
     while received < len(payload):
         view = parser.recv_buffer()
         assert 0 < len(view) <= len(payload) - received
@@ -466,21 +471,55 @@ def test_recv_buffer_only_inside_a_big_payload_and_never_past_its_end():
 
 def test_a_huge_announced_frame_ties_up_memory_only_for_what_arrives():
     parser = FrameParser(require_mask=True)           # no size limit
-    parser.feed(frame_header(Opcode.BINARY, 1 << 40, mask_key=KEY) + b"abc")
+    header = frame_header(Opcode.BINARY, 1 << 40, mask_key=KEY)
+    parser.feed(header + b"abc")
     assert parser.next_frame() is None
+    # Regression: a 64 KiB chunk was taken as soon as the header was complete.
+    assert parser.recv_buffer() is None
+    assert parser.memory_held() == len(header) + 3
+    got = 3
+    while got < frames_mod.DIRECT_START - 1000:       # the transport reads with feed()
+        parser.feed(b"x" * 1000)
+        assert parser.next_frame() is None and parser.recv_buffer() is None
+        got += 1000
+        assert parser.memory_held() == len(header) + got
+    parser.feed(b"x" * (frames_mod.DIRECT_START - got))
+    got = frames_mod.DIRECT_START
+    assert parser.next_frame() is None
+    assert parser.memory_held() <= got               # in a chunk now, the read buffer freed
     view = parser.recv_buffer()
     assert len(view) <= frames_mod.DIRECT_CHUNK_MIN  # not 1 TiB, not even 1 MiB
     view.release()
-    got = 3
     while got < (1 << 20):
         view = parser.recv_buffer()
         n = len(view)
         view.release()
         parser.recv_done(n)
         got += n
-        held = sum(len(c) for c in parser._big._chunks) + len(parser._big._chunk or b"")
-        assert held <= 2 * got + frames_mod.DIRECT_CHUNK_MIN
+        assert parser.memory_held() <= 2 * got
     assert parser.buffered() == got
+
+
+def test_many_parsers_each_holding_a_big_frame_header_and_one_byte_pin_little():
+    # Issue 14, item 7: 15 bytes (a header announcing 128 KiB, then 1 payload byte) took a
+    # 64 KiB receive chunk; over 1,000 connections, +64 MB. Now memory follows what arrived.
+    import tracemalloc
+    count = 1000
+    data = frame_header(Opcode.BINARY, 128 * 1024, mask_key=KEY) + b"x"
+    assert len(data) == 15
+    parsers = [FrameParser(require_mask=True, max_payload_size=128 * 1024) for _ in range(count)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for parser in parsers:
+            parser.feed(data)
+            assert parser.next_frame() is None
+            parser.recv_buffer()                     # what the transport asks before a read
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert all(parser.memory_held() == 15 for parser in parsers)
+    assert grown / count < 256, "%.0f bytes per parser" % (grown / count)
 
 
 def test_payload_chunks_go_back_to_a_bounded_pool():

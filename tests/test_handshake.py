@@ -127,6 +127,37 @@ def test_checks_run_in_order():
     assert failure(request(Sec_WebSocket_Key="x", Origin="http://o"), origin=ORIGIN).status == 400
 
 
+OTHER_KEY = base64.b64encode(b"y" * 16).decode()
+
+
+@pytest.mark.parametrize("name,values,words", [
+    ("Sec-WebSocket-Key", [RFC_KEY, OTHER_KEY], "Key"),
+    ("Sec-WebSocket-Key", [RFC_KEY, RFC_KEY], "Key"),
+    ("Sec-WebSocket-Key", [RFC_KEY, ""], "Key"),
+    ("Sec-WebSocket-Key", ["", RFC_KEY], "Key"),
+    ("Sec-WebSocket-Version", ["13", "13"], "Version"),
+    ("Sec-WebSocket-Version", ["8", "13"], "Version"),
+], ids=["two-keys", "same-key-twice", "key-then-empty", "empty-then-key", "version-twice",
+        "version-8-then-13"])
+def test_field_that_must_appear_once_repeated_is_400(name, values, words):
+    # RFC 6455 11.3.1 / 11.3.5. Regression: the last field was used, so two keys got a 101.
+    headers = request(**{name.replace("-", "_"): None})
+    headers.items += [(name, value) for value in values]
+    err = failure(headers)
+    assert err.status == 400
+    assert words in err.message and "once" in err.message
+
+
+@pytest.mark.parametrize("name,value", [
+    ("Sec-WebSocket-Key", RFC_KEY + ", " + OTHER_KEY),
+    ("Sec-WebSocket-Key", RFC_KEY + "," + RFC_KEY),
+    ("Sec-WebSocket-Version", "13, 8"),
+    ("Sec-WebSocket-Version", "13,13"),
+])
+def test_comma_joined_key_or_version_is_400(name, value):
+    assert failure(request(**{name.replace("-", "_"): value})).status == 400
+
+
 # --- tolerance -------------------------------------------------------------
 
 @pytest.mark.parametrize("upgrade,connection", [
@@ -274,6 +305,19 @@ def test_client_rejects_bad_answer(status, changes, words):
         client_check_response(status, server_answer(RFC_KEY, **changes), RFC_KEY, protocols=["chat"])
     assert info.value.status == status
     assert words in info.value.message
+
+
+@pytest.mark.parametrize("name,second", [
+    ("Sec-WebSocket-Accept", RFC_ACCEPT), ("Sec-WebSocket-Accept", "x"),
+    ("Sec-WebSocket-Protocol", "chat"), ("Sec-WebSocket-Protocol", "other"),
+])
+def test_client_rejects_answer_field_repeated(name, second):
+    # RFC 6455 11.3.3 / 11.3.4: Accept and Protocol MUST NOT appear more than once.
+    headers = server_answer(RFC_KEY, Sec_WebSocket_Protocol="chat")
+    headers.items.append((name, second))
+    with pytest.raises(HandshakeError) as info:
+        client_check_response(101, headers, RFC_KEY, protocols=["chat", "other"])
+    assert name in info.value.message
 
 
 def test_client_rejects_protocol_when_none_offered():

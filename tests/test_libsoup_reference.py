@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -190,6 +191,14 @@ CASES = {
     "any protocol offer when none is set": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Protocol: x\r\n"),
     "wrong version": lambda key: _upgrade(key, "/open", version="8"),
     "key of 15 bytes": lambda key: _upgrade(base64.b64encode(b"x" * 15).decode(), "/open"),
+    # RFC 6455 11.3.1 and 11.3.5: Key and Version appear once. libsoup agrees on these; it
+    # answers two valid keys with a 101 for the last one, where minisoup follows the RFC (400).
+    "version field twice": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Version: 13\r\n"),
+    "version 8 then 13": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Version: 13\r\n",
+                                              version="8"),
+    "version list 13, 13": lambda key: _upgrade(key, "/open", version="13, 13"),
+    "key then an empty key": lambda key: _upgrade(key, "/open", "Sec-WebSocket-Key:\r\n"),
+    "two keys in one field": lambda key: _upgrade(key + ", " + _key(), "/open"),
     "POST upgrade": lambda key: _upgrade(key, "/open", method="POST"),
     "plain GET to a WebSocket-only path": lambda key: "GET /open HTTP/1.1\r\nHost: x\r\n\r\n",
     "normal handler": lambda key: "GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -258,12 +267,16 @@ FRAME_CASES = {
 }
 
 
-def _ws_session(port, frames, timeout=3.0):
+def _ws_session(port, frames, timeout=3.0, deflate=False):
     """Upgrade, send ``frames``, and read the server's frames until its close frame (or EOF):
-    a list of (opcode, payload) for data and pong frames, then ("close", code)."""
+    a list of (opcode, payload) for data and pong frames, then ("close", code).
+    ``deflate``: offer permessage-deflate and inflate what comes back with RSV1 (the two
+    servers compress differently; what they mean must agree)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    inflater = zlib.decompressobj(wbits=-15)  # a 15-bit window reads any smaller one too
+    offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     try:
-        sock.sendall(_upgrade(_key(), "/echo").encode("latin-1"))
+        sock.sendall(_upgrade(_key(), "/echo", offer).encode("latin-1"))
         buf = b""
         while b"\r\n\r\n" not in buf:
             chunk = sock.recv(4096)
@@ -271,6 +284,7 @@ def _ws_session(port, frames, timeout=3.0):
             buf += chunk
         head, buf = buf.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 101"), head
+        assert deflate == (b"permessage-deflate" in head), head
         sock.sendall(b"".join(frames) + _frame(8, _close_payload(1000)))
         out = []
         while True:
@@ -283,9 +297,11 @@ def _ws_session(port, frames, timeout=3.0):
                     out.append(("eof",))
                     return out
                 buf += chunk
-            opcode, length = buf[0] & 0x0F, buf[1] & 0x7F
+            opcode, rsv1, length = buf[0] & 0x0F, buf[0] & 0x40, buf[1] & 0x7F
             assert length < 126, "the cases only provoke short frames"
             payload, buf = buf[2:2 + length], buf[2 + length:]
+            if rsv1 and deflate:
+                payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
             if opcode == 8:
                 out.append(("close", int.from_bytes(payload[:2], "big") if payload else None))
                 return out
@@ -299,6 +315,36 @@ def test_same_frames_as_libsoup(ports, case):
     libsoup_port, minisoup_port = ports
     expected = _ws_session(libsoup_port, FRAME_CASES[case])
     assert _ws_session(minisoup_port, FRAME_CASES[case]) == expected
+
+
+def _compressed_frames(*messages):
+    """Masked RSV1 text frames of ``messages`` from one client compressor (context
+    takeover, 15-bit window, as a client that offered plain permessage-deflate)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    frames = []
+    for message in messages:
+        if message is None:  # an empty message sent as no bytes at all, as some clients do
+            frames.append(_frame(1, b"", rsv=4))
+            continue
+        payload = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        frames.append(_frame(1, payload[:-4], rsv=4))
+    return frames
+
+
+# After a permessage-deflate handshake. The empty message arrives compressed as zlib makes
+# it (0x00, RFC 7692 7.2.3.6) or as an empty payload; the next message must decode.
+DEFLATE_CASES = {
+    "compressed text echoed": _compressed_frames(b"hello " * 20, b"hello " * 21),
+    "empty compressed message (0x00), then another": _compressed_frames(b"x" * 80, b"", b"y" * 90),
+    "empty compressed payload, then another": _compressed_frames(b"x" * 80, None, b"y" * 90),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEFLATE_CASES))
+def test_same_deflate_messages_as_libsoup(ports, case):
+    libsoup_port, minisoup_port = ports
+    expected = _ws_session(libsoup_port, DEFLATE_CASES[case], deflate=True)
+    assert _ws_session(minisoup_port, DEFLATE_CASES[case], deflate=True) == expected
 
 
 # -- request targets: the path and query handlers see ------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 import minisoup
 from minisoup.frames import FrameParser, Opcode, build_frame, parse_close_payload
 from conftest import raw_connect, recv_until_closed, running
+from serverproc import MinisoupProcess
 from wsraw import handshake_request, read_response_head as read_head
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -732,6 +733,70 @@ def test_tiny_fragments_pin_no_more_than_the_message_limit(opcode, fragment):
     ws.data_received(build_frame(Opcode.CONTINUATION, b"", True, 0, b"abcd"))
     expected = fragment * count
     assert got == [expected.decode() if opcode == Opcode.TEXT else expected]
+
+
+def _rss(pid):
+    with open("/proc/%d/statm" % pid) as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _settled_rss(pid, timeout=3.0):
+    """The process's RSS once two readings 0.1 s apart agree (or at ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last = _rss(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _rss(pid)
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def test_big_frame_headers_with_one_byte_each_pin_little_memory_per_connection():
+    # Issue 14, item 7: 15 bytes (a header announcing 128 KiB, the default limit, plus one
+    # payload byte) made the server take a 64 KiB receive chunk, 4,000x what arrived.
+    count = 300
+    frame = build_frame(Opcode.BINARY, b"x" * (128 * 1024), mask_key=b"abcd")
+    teaser = frame[:15]
+    socks = []
+    with MinisoupProcess(workers=0, log_level="warning") as proc:
+        try:
+            proc.start()
+            for _ in range(count):
+                socks.append(ws_open(proc.port, "/echo")[0])
+            before = _settled_rss(proc.pid)
+            for sock in socks:
+                sock.sendall(teaser)
+            # One echo on another connection: the server has read the teasers by then.
+            probe, _ = ws_open(proc.port, "/echo")
+            socks.append(probe)
+            probe.sendall(build_frame(Opcode.TEXT, b"probe", mask_key=b"abcd"))
+            assert read_head_frame(probe) == (Opcode.TEXT, b"probe")
+            grown = _settled_rss(proc.pid) - before
+            assert grown / count < 8 * 1024, "%.1f KiB per connection" % (grown / count / 1024)
+            # ... and a connection that sends the rest of its frame gets it echoed.
+            socks[0].sendall(frame[15:])
+            assert read_head_frame(socks[0]) == (Opcode.BINARY, b"x" * (128 * 1024))
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def read_head_frame(sock, timeout=5.0):
+    """``(opcode, payload)`` of the next server frame on ``sock``."""
+    parser = FrameParser(require_mask=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = parser.next_frame()
+        if frame is not None:
+            return frame[0], frame[3]
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError("connection closed")
+        parser.feed(data)
+    raise AssertionError("no frame within %g s" % timeout)
 
 
 def test_ping_flood_from_a_peer_that_never_reads_is_closed_with_1008():

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -374,6 +375,11 @@ BAD_HANDSHAKES = [
     ("key of 15 bytes", dict(key="AAAAAAAAAAAAAAAAAAAA"), 400, "Key"),
     ("key of 17 bytes", dict(key="AAAAAAAAAAAAAAAAAAAAAAA="), 400, "Key"),
     ("key not base64", dict(key="!!!!!!!!!!!!!!!!!!!!!!=="), 400, "Key"),
+    # RFC 6455 11.3.1 / 11.3.5: each appears once (the last key used to get a 101).
+    ("two keys", dict(headers=[("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+                               ("Sec-WebSocket-Key", "BBBBBBBBBBBBBBBBBBBBBB==")]), 400, "once"),
+    ("two version fields", dict(headers=[("Sec-WebSocket-Version", "13"),
+                                         ("Sec-WebSocket-Version", "13")]), 400, "once"),
 ]
 
 
@@ -1129,6 +1135,36 @@ def test_deflate_negotiated_end_to_end():
             client.send_text(text)
             assert client.recv() == (WebsocketDataType.TEXT, text)
         assert rec.conns[-1].get_extensions()
+
+
+@pytest.mark.parametrize("empty", [b"", b"\x00"], ids=["no-bytes", "zero-byte"])
+def test_empty_compressed_message_then_next_message_over_deflate(empty):
+    # Regression: RSV1 on an empty payload was delivered but left the server's inflater
+    # inside a stored block, so the next valid compressed message was failed with 1007.
+    server, rec = ws_server()
+    offer = [("Sec-WebSocket-Extensions", "permessage-deflate")]
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+    inflater = zlib.decompressobj(wbits=-15)
+    text = "the message after the empty one " * 4
+
+    def compress(data):
+        return (deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    with running(server) as port:
+        with RawWebSocket(port, headers=offer) as raw:
+            assert "permessage-deflate" in raw.headers["sec-websocket-extensions"]
+            raw.send_frame(TEXT, compress(b"a first message for the context " * 3), rsv=4)
+            raw.send_frame(TEXT, empty, rsv=4)
+            raw.send_frame(TEXT, compress(text.encode()), rsv=4)
+            echoed = []
+            for _ in range(3):
+                opcode, fin, rsv, payload = raw.read_frame()
+                if rsv & 4:
+                    payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+                echoed.append((opcode, payload))
+            assert echoed[1:] == [(TEXT, b""), (TEXT, text.encode())]
+            raw.send_close(1000)
+            raw.expect_close(1000)
 
 
 def test_remove_websocket_extension():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minisoup.frames import FrameParser, Opcode, build_close_payload, build_frame
+from minisoup.frames import DIRECT_START, FrameParser, Opcode, build_close_payload, build_frame
 from minisoup.websocket import (WebsocketConnection, WebsocketConnectionType, WebsocketDataType,
                                 WebsocketState)
 
@@ -135,16 +135,24 @@ def test_big_payload_is_offered_a_direct_buffer_and_delivered_whole():
     payload = bytes(range(256)) * 1024               # 256 KiB
     frame = client_frame(Opcode.BINARY, payload)
     conn.data_received(frame[:1000])                 # header and the start of the payload
-    pos = 1000
+    assert conn.get_buffer() is None                 # too little yet for a buffer of its own
+    pos, direct = 1000, 0
     while pos < len(frame):
         view = conn.get_buffer()
-        assert view is not None and len(view) <= len(frame) - pos
-        n = min(len(view), 50000)
-        view[:n] = frame[pos:pos + n]
-        view.release()
-        conn.buffer_updated(n)
+        if view is None:                             # a normal read
+            assert pos < 14 + DIRECT_START
+            n = min(50000, len(frame) - pos)
+            conn.data_received(frame[pos:pos + n])
+        else:
+            assert len(view) <= len(frame) - pos
+            n = min(len(view), 50000)
+            view[:n] = frame[pos:pos + n]
+            view.release()
+            conn.buffer_updated(n)
+            direct += n
         pos += n
     assert conn.get_buffer() is None
+    assert direct >= len(payload) - DIRECT_START - 50000
     assert events == [("message", WebsocketDataType.BINARY, payload)]
     conn.data_received(client_frame(Opcode.PING, b"after"))
     assert transport.frames() == [(Opcode.PONG, True, 0, b"after")]
