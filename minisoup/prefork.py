@@ -51,6 +51,8 @@ SIGNAL_QUEUE_MAX = 16           # signals beyond this, arriving in a burst, are 
 BALANCE_SLACK = 2               # a worker may hold mean + max(SLACK, SLACK_RATIO * mean)
 BALANCE_SLACK_RATIO = 0.1       # connections before it stops accepting
 BALANCE_RECHECK_S = 0.05        # while paused by the balancer, re-check this often
+BALANCE_STALL_S = 0.1           # a connection waited this long, no peer accepting: take it
+BALANCE_STALE_HEARTBEATS = 3    # a worker this many heartbeats late is not in the mean
 # Worker-to-worker "accept again" kick. SIGWINCH because its default action is to be
 # ignored: a kick that reached the wrong process (a pid reused) would do no harm.
 BALANCE_KICK_SIGNAL = signal.SIGWINCH
@@ -96,13 +98,14 @@ class WorkerTable:
     Per slot: ``heartbeat`` a ``time.monotonic()`` stamp (CLOCK_MONOTONIC is system-wide
     on Linux, so stamps compare across processes); ``connections`` the worker's live
     connection count; ``state`` one of the ``SLOT_*`` constants; ``pid`` the worker's
-    pid; ``paused`` 1 while the balancer keeps the worker from accepting. Each field is
+    pid; ``paused`` 1 while the balancer keeps the worker from accepting; ``accepted``
+    how many connections the worker has accepted (only ever grows). Each field is
     an aligned 8-byte word written whole, so readers need no lock: a value is at worst
     one update old, which the heartbeat and the balancer tolerate.
     """
 
     FIELDS = (("heartbeat", "d"), ("connections", "q"), ("state", "q"), ("pid", "q"),
-              ("paused", "q"))
+              ("paused", "q"), ("accepted", "q"))
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -123,6 +126,7 @@ class WorkerTable:
         slot = self._free.pop()
         self.heartbeat[slot] = now
         self.connections[slot] = self.pid[slot] = self.paused[slot] = 0
+        self.accepted[slot] = 0
         self.state[slot] = SLOT_BOOTING
         return slot
 
@@ -132,14 +136,20 @@ class WorkerTable:
         self.connections[slot] = self.pid[slot] = self.paused[slot] = 0
         self._free.append(slot)
 
-    def serving_load(self) -> Tuple[int, int]:
-        """``(connections, workers)`` summed over the slots in state SERVING."""
+    def serving_load(self, alive_since: float) -> Tuple[int, int]:
+        """``(connections, workers)`` summed over the slots in state SERVING whose
+        heartbeat is not older than ``alive_since`` (a ``time.monotonic()`` value)."""
         total = live = 0
-        for state, count in zip(self.state, self.connections):
-            if state == SLOT_SERVING:
+        for state, count, heartbeat in zip(self.state, self.connections, self.heartbeat):
+            if state == SLOT_SERVING and heartbeat >= alive_since:
                 total += count
                 live += 1
         return total, live
+
+    def accepted_by_others(self, slot: int) -> int:
+        """The accept counters of every slot but ``slot``, summed. Any change between two
+        reads means some other worker accepted (or was reaped): its loop was running."""
+        return sum(self.accepted) - self.accepted[slot]
 
     def close(self) -> None:
         """Unmap (the master, once every worker is gone)."""
@@ -566,9 +576,9 @@ class WorkerProcess:
         loop.add_signal_handler(BALANCE_KICK_SIGNAL, self._on_kick)
         signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
         self.table.pid[self.slot] = os.getpid()
-        self.balancer = Balancer(self.server, self.table, self.slot)
+        self.balancer = Balancer(self.server, self.table, self.slot, self.heartbeat_interval)
         self.server._may_accept = self.balancer.may_accept
-        self.server._on_count_change = self._on_count_change
+        self.server._on_count_change = self.balancer.connections_changed
         self._heartbeat()
         self.table.state[self.slot] = SLOT_SERVING
         log.info("worker %d ready", self.worker_id)
@@ -592,9 +602,6 @@ class WorkerProcess:
         if inherited is not None:
             _adopt_callbacks(inherited, loop)
         return loop
-
-    def _on_count_change(self, count: int) -> None:
-        self.table.connections[self.slot] = count
 
     def _heartbeat(self) -> None:
         self.table.heartbeat[self.slot] = time.monotonic()
@@ -638,34 +645,72 @@ class Balancer:
     true: on one of its own connections closing; when a worker that pauses sees it
     paused below the limit and kicks it (``BALANCE_KICK_SIGNAL``, so a burst never
     waits for a timer while every worker is paused); and, as a safety net, on a
-    timer that runs only while it is paused. The cost is one pass over a small
-    shared array per accepted connection.
+    timer that runs only while it is paused.
+
+    Never waiting for a worker that does not accept. A worker can be SERVING in the
+    table and yet take nothing: stopped (``SIGSTOP``, a debugger) or its loop held by
+    a long handler. Its share still holds the mean — and so the others' limit — up,
+    and the connections they defer to it would wait until the heartbeat kills it
+    (``worker_timeout``, 30 s). Two guards, one per time scale:
+
+    * Within ``BALANCE_STALL_S`` (the bound): while paused, the recheck timer polls the
+      listeners. The accept queue is FIFO, and a worker waiting in ``epoll_wait``
+      takes a connection within moments of its arrival, while one that is stopped or
+      inside a callback is not in ``epoll_wait`` at all, so ``EPOLLEXCLUSIVE`` hands the
+      wake-up to a worker that is. Hence a listener readable at two checks
+      ``BALANCE_STALL_S`` apart, with no other worker's accept counter moving between
+      them, proves that the head of the queue has waited that long and that no worker
+      the mean defers to is accepting. This worker then accepts regardless of the mean
+      (``overflow``) until the queue is empty or another worker accepts again. Balance
+      loses at most the connections that arrive while every other worker is stuck;
+      no connection waits more than about ``BALANCE_STALL_S + BALANCE_RECHECK_S``.
+    * Past ``BALANCE_STALE_HEARTBEATS`` heartbeats (the steady state): a worker whose
+      heartbeat is that late is left out of the mean, so a long stall stops holding
+      the limit down at all; it counts again from its next heartbeat.
+
+    Cost per accepted connection: one pass over a small shared array (the heartbeat
+    test rides in it) and one counter write. The listener poll runs only while paused.
     """
 
-    def __init__(self, server: Any, table: WorkerTable, slot: int) -> None:
+    def __init__(self, server: Any, table: WorkerTable, slot: int,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> None:
         self.server = server
         self.table = table
         self.slot = slot
+        self._stale_after = BALANCE_STALE_HEARTBEATS * heartbeat_interval
+        self._count = 0              # this worker's live connections
         self._recheck = None  # type: Any
+        self._overflow = False       # accepting above the limit: the others are stuck
+        self._stall_since = 0.0      # when a waiting connection was first seen (0: none)
+        self._stall_others = 0       # the others' accept counters at that moment
+        self._backlog = select.poll()
+        for sock in server.get_listeners():
+            self._backlog.register(sock.fileno(), select.POLLIN)
 
     def may_accept(self) -> bool:
         """Server hook: may this worker take one more connection now?"""
         table = self.table
-        total, live = table.serving_load()
+        total, live = table.serving_load(time.monotonic() - self._stale_after)
         if live >= 2:
             mean = total / live
             limit = mean + max(BALANCE_SLACK, BALANCE_SLACK_RATIO * mean)
-            if self.server._connection_count() > limit:
+            if self._count > limit:
                 if not table.paused[self.slot]:
                     table.paused[self.slot] = 1
                     self._kick_paused_below(limit)
                 if self._recheck is None:
-                    self._recheck = self.server._loop.call_later(BALANCE_RECHECK_S,
-                                                                 self._on_recheck)
-                return False
+                    self._recheck = self.server.call_later(BALANCE_RECHECK_S, self._on_recheck)
+                return self._overflow
         if table.paused[self.slot]:
             table.paused[self.slot] = 0
         return True
+
+    def connections_changed(self, count: int) -> None:
+        """Server hook: this worker now holds ``count`` connections."""
+        if count > self._count:  # only an accept adds one (an upgrade keeps the count)
+            self.table.accepted[self.slot] += 1
+        self._count = count
+        self.table.connections[self.slot] = count
 
     def _kick_paused_below(self, limit: float) -> None:
         table = self.table
@@ -679,7 +724,28 @@ class Balancer:
 
     def _on_recheck(self) -> None:
         self._recheck = None
+        if self.table.paused[self.slot]:
+            self._overflow = self._backlog_stalled(time.monotonic())
+        else:
+            self._overflow = False
+            self._stall_since = 0.0
         self.server._update_accepting()
+
+    def _backlog_stalled(self, now: float) -> bool:
+        """True when a connection has waited ``BALANCE_STALL_S`` with no other worker
+        accepting anything meanwhile (see the class docstring for why that suffices)."""
+        if not self._backlog.poll(0):
+            self._stall_since = 0.0
+            return False
+        others = self.table.accepted_by_others(self.slot)
+        if not self._stall_since or others != self._stall_others:
+            self._stall_since, self._stall_others = now, others
+            return False
+        stalled = now - self._stall_since >= BALANCE_STALL_S
+        if stalled and not self._overflow:
+            log.debug("balancer: a connection waited %.0f ms and no other worker accepted; "
+                      "accepting above the mean", 1000 * (now - self._stall_since))
+        return stalled
 
 
 # -- helpers --------------------------------------------------------------------------------

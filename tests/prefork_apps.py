@@ -46,12 +46,13 @@ not_callable = 42
 
 def slow(server):
     """``whoami`` plus ``/slow`` (answered 0.5 s later from a timer, the loop stays free),
-    ``/block`` (blocks the worker's loop for 2 s) and ``/hang`` (blocks it for a minute: its
-    heartbeat stops)."""
+    ``/block`` (blocks the worker's loop for 2 s), ``/spin`` (keeps it busy computing for
+    ``SPIN_S`` seconds) and ``/hang`` (blocks it for a minute: its heartbeat stops)."""
     whoami(server)
     server.add_handler("/slow", _slow)
     server.add_handler("/hang", _hang)
     server.add_handler("/block", _block)
+    server.add_handler("/spin", _spin)
 
 
 def _slow(server, msg, path, query, user_data):
@@ -71,6 +72,19 @@ def _block(server, msg, path, query, user_data):
     time.sleep(2)  # holds this worker's loop: its other connections wait
     msg.set_status(200)
     msg.set_response("text/plain", "blocked worker %d\n" % server.get_worker_id())
+
+
+SPIN_S = 6.0
+
+
+def _spin(server, msg, path, query, user_data):
+    import time
+    deadline = time.monotonic() + SPIN_S
+    n = 0
+    while time.monotonic() < deadline:  # CPU-bound: the loop runs nothing meanwhile
+        n += 1
+    msg.set_status(200)
+    msg.set_response("text/plain", "spun %d in worker %d\n" % (n, server.get_worker_id()))
 
 
 def _hang(server, msg, path, query, user_data):

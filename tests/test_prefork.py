@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import minisoup  # noqa: E402
-from prefork_apps import BURST_MESSAGES  # noqa: E402
+from prefork_apps import BURST_MESSAGES, SPIN_S  # noqa: E402
 from serverproc import ClientLoop, MinisoupProcess, http_get  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc"),
@@ -320,6 +320,100 @@ def test_workers_leave_when_the_master_dies(server_process):
         assert time.monotonic() < deadline, "workers outlived their master: %s" % alive
         time.sleep(0.05)
     proc.wait_log(r"master \(pid %d\) is gone: stopping" % proc.pid)
+
+
+class KeepAliveClient:
+    """One HTTP/1.1 keep-alive connection: ``get(path)`` returns the body; kept open."""
+
+    def __init__(self, port, timeout):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self._buffer = b""
+
+    def send_get(self, path):
+        self.sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode("ascii"))
+
+    def read_response(self):
+        while b"\r\n\r\n" not in self._buffer:
+            self._fill()
+        head, _sep, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        while len(self._buffer) < length:
+            self._fill()
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return body.decode("utf-8")
+
+    def get(self, path):
+        self.send_get(path)
+        return self.read_response()
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by the server")
+        self._buffer += data
+
+    def close(self):
+        self.sock.close()
+
+
+HELD_CLIENTS = 10
+NEW_CLIENTS = 14
+NEW_CLIENT_TIMEOUT_S = 1.5  # short, so that a run of the old code fails quickly
+# Between new clients: long enough for the healthy worker to find the backlog empty and
+# pause again, so that each new client meets a paused worker afresh; 14 of them span the
+# first seconds of the stall, before and after the stuck worker's heartbeat goes stale.
+NEW_CLIENT_SPACING_S = 0.2
+
+
+@pytest.mark.parametrize("stall", ["sigstop", "busy_handler"])
+def test_new_connections_never_wait_for_a_worker_that_is_not_accepting(server_process, stall):
+    # Issue 14 item 1: a worker that stops serving (SIGSTOPped, or stuck in a CPU-bound
+    # handler) still counted in the balancer's mean; the healthy worker filled up to its
+    # limit and paused, and new connections waited in the backlog for the stuck one until
+    # the heartbeat killed it (worker_timeout, 30 s).
+    proc = server_process(app="prefork_apps:slow", workers=2)
+    held = []
+    stopped = None
+    try:
+        owners = []
+        for _ in range(HELD_CLIENTS):
+            client = KeepAliveClient(proc.port, timeout=5)
+            held.append(client)
+            owners.append(int(client.get("/worker").split()[3]))
+        assert len(set(owners)) == 2, owners  # both workers hold some of them
+        victim = owners[0]
+        if stall == "sigstop":
+            os.kill(victim, signal.SIGSTOP)
+            stopped = victim
+        else:
+            held[0].send_get("/spin")  # the worker holding it computes for SPIN_S seconds
+            time.sleep(0.2)
+        waits = []
+        started = time.monotonic()
+        for _ in range(NEW_CLIENTS):
+            time.sleep(NEW_CLIENT_SPACING_S)
+            begin = time.monotonic()
+            client = KeepAliveClient(proc.port, timeout=NEW_CLIENT_TIMEOUT_S)
+            held.append(client)
+            try:
+                body = client.get("/worker")
+            except socket.timeout:
+                pytest.fail("new connection %d waited more than %.1f s (waits so far: %s)"
+                            % (len(waits) + 1, NEW_CLIENT_TIMEOUT_S,
+                               ["%.3f" % w for w in waits]))
+            waits.append(time.monotonic() - begin)
+            assert int(body.split()[3]) != victim
+        assert time.monotonic() - started < SPIN_S, "the stall ended before the test did"
+        print("%s: %d new connections, max wait %.0f ms, mean %.0f ms"
+              % (stall, len(waits), 1000 * max(waits), 1000 * sum(waits) / len(waits)))
+        assert max(waits) < 1.0, waits
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        for client in held:
+            client.close()
 
 
 def _running(pid):
