@@ -161,13 +161,15 @@ class WorkerTable:
 class WorkerRecord:
     """The master's view of one worker process."""
 
-    __slots__ = ("id", "pid", "slot", "started", "retiring", "retire_deadline", "killed")
+    __slots__ = ("id", "pid", "slot", "started", "generation", "retiring", "retire_deadline",
+                 "killed")
 
-    def __init__(self, worker_id: int, slot: int, started: float) -> None:
+    def __init__(self, worker_id: int, slot: int, started: float, generation: int = 0) -> None:
         self.id = worker_id
         self.pid = 0
         self.slot = slot
         self.started = started
+        self.generation = generation  # SIGHUPs received before its fork
         self.retiring = False        # asked to stop; not counted as one of the N
         self.retire_deadline = 0.0
         self.killed = False          # SIGKILL sent
@@ -209,7 +211,11 @@ class Arbiter:
         self._stopping = False
         self._backoff = 0.0
         self._next_spawn = 0.0
-        self._reload = []  # type: List[WorkerRecord]   # old workers still to replace (SIGHUP)
+        # SIGHUP: workers forked before the latest SIGHUP (generation < _generation) are
+        # replaced one at a time; _reload_old is the one the replacement in flight,
+        # _reload_new, takes over from (same id).
+        self._generation = 0
+        self._reload_old = None  # type: Optional[WorkerRecord]
         self._reload_new = None  # type: Optional[WorkerRecord]
 
     # -- main loop -----------------------------------------------------------------------
@@ -290,7 +296,7 @@ class Arbiter:
 
     def _sleep_timeout(self) -> float:
         timeout = min(MASTER_TICK_S, self.worker_timeout / 2 or MASTER_TICK_S)
-        if self._reload:
+        if self._reload_new is not None or self._stale_workers():
             timeout = RELOAD_POLL_S
         backoff_left = self._next_spawn - time.monotonic()
         if backoff_left > 0:
@@ -330,7 +336,7 @@ class Arbiter:
         Immediate: ``SIGQUIT``, then ``SIGKILL`` after ``QUIT_TIMEOUT_S``.
         """
         self._stopping = True
-        self._reload, self._reload_new = [], None
+        self._reload_old = self._reload_new = None
         immediate = not graceful
         if graceful:
             self._signal_workers(signal.SIGTERM)
@@ -392,7 +398,7 @@ class Arbiter:
             log.error("master: no free worker slot (%d in use); not forking",
                       self._table.capacity)
             return None
-        worker = WorkerRecord(worker_id, slot, now)
+        worker = WorkerRecord(worker_id, slot, now, self._generation)
         _flush_std()  # or the child would write the parent's buffered output again
         # Block the signals the child must handle itself until it has installed its own
         # handlers: otherwise a SIGTERM right after the fork would run the master's.
@@ -478,8 +484,10 @@ class Arbiter:
     def _worker_exited(self, worker: WorkerRecord, status: int) -> None:
         now = time.monotonic()
         self._table.release(worker.slot)
-        if worker is self._reload_new:
-            self._reload_new = None
+        if worker is self._reload_new or worker is self._reload_old:
+            # The replacement died: its old worker is still stale and is picked again.
+            # The old one died: the replacement simply takes its place (same id).
+            self._reload_old = self._reload_new = None
         how = _describe_exit(status)
         lifetime = now - worker.started
         if worker.retiring or self._stopping:
@@ -502,29 +510,41 @@ class Arbiter:
 
     # -- SIGHUP: rolling replacement ------------------------------------------------------------
     def _start_reload(self) -> None:
-        self._reload = sorted((w for w in self.workers.values()
-                               if not w.retiring and w is not self._reload_new),
-                              key=lambda w: w.id)
-        log.info("master: SIGHUP: replacing %d worker(s) one at a time", len(self._reload))
+        # No list to rebuild: the plan is derived from the generations each round, so a
+        # SIGHUP during a replacement only widens it (the replacement in flight finishes
+        # with the worker it was forked for, then is itself replaced, being older).
+        self._generation += 1
+        log.info("master: SIGHUP: replacing %d worker(s) one at a time",
+                 len(self._stale_workers()) + (1 if self._reload_new is not None else 0))
+
+    def _stale_workers(self) -> List[WorkerRecord]:
+        """Workers forked before the latest SIGHUP and not yet being replaced, by id."""
+        return sorted((w for w in self.workers.values()
+                       if w.generation < self._generation and not w.retiring
+                       and w is not self._reload_old and w is not self._reload_new),
+                      key=lambda w: (w.id, w.started))
 
     def _advance_reload(self) -> None:
         # One step at a time: fork the replacement, wait until it serves, then retire
-        # the old worker; the next old worker waits for the next round.
-        while self._reload:
-            old = self._reload[0]
-            if old.retiring or old.pid not in self.workers:
-                self._reload.pop(0)
-                continue
-            new = self._reload_new
-            if new is None:
-                if time.monotonic() >= self._next_spawn:
-                    self._reload_new = self.spawn_worker(old.id)
+        # the old worker it was forked for; the next stale worker waits for the next round.
+        new = self._reload_new
+        if new is not None:
+            old = self._reload_old
+            if old.retiring:  # scaled down meanwhile: the replacement is a plain worker now
+                self._reload_old = self._reload_new = None
+            elif self._table.state[new.slot] != SLOT_SERVING:
                 return
-            if self._table.state[new.slot] != SLOT_SERVING:
-                return
-            self.retire_worker(old, "replaced by pid %d" % new.pid)
-            self._reload.pop(0)
-            self._reload_new = None
+            else:
+                self._reload_old = self._reload_new = None
+                self.retire_worker(old, "replaced by pid %d" % new.pid)
+        if self._stopping or time.monotonic() < self._next_spawn:
+            return
+        stale = self._stale_workers()
+        if stale:
+            old = stale[0]
+            self._reload_new = self.spawn_worker(old.id)
+            if self._reload_new is not None:
+                self._reload_old = old
 
     # -- in the child -------------------------------------------------------------------------
     def _become_worker(self, worker: WorkerRecord, sigmask: Any) -> None:

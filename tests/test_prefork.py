@@ -167,6 +167,51 @@ def test_sighup_replaces_every_worker_without_refusing(server_process):
     proc.assert_no_zombies()
 
 
+def _worker_identities(port, workers):
+    """``{worker_id: pid}`` of the live workers, asked over /whoami until all are seen."""
+    seen = {}
+    deadline = time.monotonic() + 10
+    while len(set(seen.values())) < workers and time.monotonic() < deadline:
+        connections, ids, pids = whoami(port, 2 * workers)
+        close_all(connections)
+        for worker_id, pid in zip(ids, pids):
+            assert seen.setdefault(worker_id, pid) == pid or not _running(seen[worker_id]), \
+                "two live workers say they are worker %d: pids %d and %d" \
+                % (worker_id, seen[worker_id], pid)
+            seen[worker_id] = pid
+    return seen
+
+
+@pytest.mark.parametrize("gap_s", [0.01, 0.1, 0.3])
+def test_sighups_close_together_leave_n_workers_with_distinct_ids(server_process, gap_s):
+    # Issue 14 item 3: three SIGHUPs 10 ms apart left two live workers that both said
+    # get_worker_id() == 2 (a new SIGHUP rebuilt the plan while a replacement was in flight
+    # and matched the replacement to the wrong old worker).
+    workers = 3
+    proc = server_process(workers=workers)
+    old = proc.live_workers()
+    for _ in range(3):
+        proc.send(signal.SIGHUP)
+        time.sleep(gap_s)
+    # Settled: every worker forked before the last SIGHUP replaced, N left.
+    new = proc.wait_workers(lambda pids: len(pids) == workers and not set(pids) & set(old),
+                            timeout=15, what="replacement after repeated SIGHUPs")
+    time.sleep(0.5)  # anything still in flight would show now
+    assert proc.live_workers() == new
+    identities = _worker_identities(proc.port, workers)
+    assert sorted(identities) == list(range(1, workers + 1)), identities
+    assert sorted(identities.values()) == new
+    # The master's own record agrees: each id booted last by a live pid.
+    booted = {}
+    for line in proc.log:
+        match = re.search(r"master: booted worker (\d+) \(pid (\d+)\)", line)
+        if match:
+            booted[int(match.group(1))] = int(match.group(2))
+    assert sorted(booted) == list(range(1, workers + 1)), booted
+    assert sorted(booted.values()) == new, (booted, new)
+    proc.assert_no_zombies()
+
+
 def test_crash_loop_backs_off(server_process):
     proc = server_process(app="prefork_apps:crash_at_start", workers=2, ready=0)
     time.sleep(2.5)
