@@ -31,8 +31,7 @@ import select
 import signal
 import sys
 import time
-from heapq import heappush
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 log = logging.getLogger("minisoup")
 
@@ -63,6 +62,7 @@ SLOT_FREE, SLOT_BOOTING, SLOT_SERVING, SLOT_RETIRING = 0, 1, 2, 3
 
 # -- log tag -------------------------------------------------------------------------------
 _log_tag = None  # type: Optional[str]
+_tag_factory = None  # type: Optional[Callable[..., logging.LogRecord]]   # the one installed
 
 
 def set_log_tag(tag: Optional[str]) -> None:
@@ -78,8 +78,9 @@ def install_log_tag() -> None:
     use ``%(worker)s``. Idempotent. The master sets ``master pid P``; each worker sets
     its own tag right after the fork.
     """
+    global _tag_factory
     previous = logging.getLogRecordFactory()
-    if getattr(previous, "_minisoup_tag", False):
+    if previous is _tag_factory:
         return
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -87,7 +88,7 @@ def install_log_tag() -> None:
         record.worker = _log_tag or "pid %d" % record.process
         return record
 
-    factory._minisoup_tag = True  # type: ignore[attr-defined]
+    _tag_factory = factory
     logging.setLogRecordFactory(factory)
 
 
@@ -399,6 +400,9 @@ class Arbiter:
                       self._table.capacity)
             return None
         worker = WorkerRecord(worker_id, slot, now, self._generation)
+        process = WorkerProcess(self.server, worker_id, self._table, slot, self.pid,
+                                min(HEARTBEAT_INTERVAL_S,
+                                    self.worker_timeout / 4 or HEARTBEAT_INTERVAL_S))
         _flush_std()  # or the child would write the parent's buffered output again
         # Block the signals the child must handle itself until it has installed its own
         # handlers: otherwise a SIGTERM right after the fork would run the master's.
@@ -412,7 +416,7 @@ class Arbiter:
             self._crashed(now)
             return None
         if pid == 0:
-            self._become_worker(worker, mask)  # never returns
+            self._become_worker(process, mask)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker.pid = pid
         self.workers[pid] = worker
@@ -547,23 +551,21 @@ class Arbiter:
                 self._reload_old = old
 
     # -- in the child -------------------------------------------------------------------------
-    def _become_worker(self, worker: WorkerRecord, sigmask: Any) -> None:
+    def _become_worker(self, process: "WorkerProcess", sigmask: Any) -> None:
         """Run in the forked child: serve, then ``os._exit`` (never return to the master)."""
         status = 1
-        set_log_tag("worker %d pid %d" % (worker.id, os.getpid()))
+        worker_id = process.worker_id
+        set_log_tag("worker %d pid %d" % (worker_id, os.getpid()))
         try:
             for fd in self._pipe:
                 os.close(fd)
-            process = WorkerProcess(self.server, worker.id, self._table, worker.slot, self.pid,
-                                    min(HEARTBEAT_INTERVAL_S,
-                                        self.worker_timeout / 4 or HEARTBEAT_INTERVAL_S))
             process.run(sigmask)
             status = 0
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            log.info("worker %d exiting with status %d", worker.id, status)
+            log.info("worker %d exiting with status %d", worker_id, status)
         except BaseException:
-            log.exception("worker %d failed", worker.id)
+            log.exception("worker %d failed", worker_id)
         finally:
             _flush_std()
             os._exit(status)
@@ -571,7 +573,14 @@ class Arbiter:
 
 # -- the worker ------------------------------------------------------------------------------
 class WorkerProcess:
-    """One forked worker: fresh per-process state, its signals, heartbeat and balancing."""
+    """One worker: built in the master before the fork from named parts (it does nothing
+    to the current process), then :meth:`run` in the forked child.
+
+    It talks to the ``Server`` through its public methods and the one declared
+    pre-fork entry point, :meth:`Server._run_worker`; the :class:`Balancer` is the
+    server's accept gate. Its own duties: the worker's signals, the heartbeat, and its
+    slot's state in the shared table.
+    """
 
     def __init__(self, server: Any, worker_id: int, table: WorkerTable, slot: int,
                  master_pid: int, heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> None:
@@ -582,66 +591,52 @@ class WorkerProcess:
         self.slot = slot
         self.master_pid = master_pid
         self.balancer = None  # type: Optional[Balancer]
+        self.stopping = False
 
     def run(self, sigmask: Any) -> None:
-        """Serve until stopped (``sigmask``: the signal mask to restore once ready)."""
+        """In the child: serve until stopped (``sigmask``: the mask to restore once ready)."""
         # The master's handlers must not run here: its signals are not ours.
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        loop = self._reset_server()
-        loop.add_signal_handler(signal.SIGTERM, self._on_term)
-        loop.add_signal_handler(signal.SIGINT, self._on_term)
-        loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
-        loop.add_signal_handler(BALANCE_KICK_SIGNAL, self._on_kick)
+        self.balancer = Balancer(self.table, self.slot, self.server.get_listeners(),
+                                 self.server.call_later, self.heartbeat_interval)
+        signals = {signal.SIGTERM: self._on_term, signal.SIGINT: self._on_term,
+                   signal.SIGQUIT: self._on_quit, BALANCE_KICK_SIGNAL: self._on_kick}
+        # reach-in: Server's declared pre-fork entry point (the master → worker hand-over).
+        self.server._run_worker(self.worker_id, self.balancer, signals,
+                                lambda: self._ready(sigmask))
+
+    def _ready(self, sigmask: Any) -> None:
+        # The app's worker-started callbacks have run; the loop is about to serve.
+        # Signals blocked since the fork are delivered from here on, to our handlers.
         signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
         self.table.pid[self.slot] = os.getpid()
-        self.balancer = Balancer(self.server, self.table, self.slot, self.heartbeat_interval)
-        self.server._may_accept = self.balancer.may_accept
-        self.server._on_count_change = self.balancer.connections_changed
         self._heartbeat()
         self.table.state[self.slot] = SLOT_SERVING
         log.info("worker %d ready", self.worker_id)
-        self.server._serve(install_signals=False)
-
-    def _reset_server(self) -> Any:
-        """Give the inherited ``Server`` a fresh loop and empty connection sets."""
-        server = self.server
-        inherited = server._loop
-        server._loop = None  # the master's selector must not be shared: a new epoll set
-        if inherited is not None:
-            inherited.close()
-        server._worker_id = self.worker_id
-        server._http = set()
-        server._websockets = set()
-        server._accepting = False
-        server._stopping = False
-        server._sweep = None
-        server._accept_paused_until = 0.0
-        loop = server._get_loop()
-        if inherited is not None:
-            _adopt_callbacks(inherited, loop)
-        return loop
 
     def _heartbeat(self) -> None:
         self.table.heartbeat[self.slot] = time.monotonic()
-        if os.getppid() != self.master_pid and not self.server._stopping:
+        if os.getppid() != self.master_pid and not self.stopping:
             log.warning("master (pid %d) is gone: stopping", self.master_pid)
             self._on_term(signal.SIGTERM)
-        self.server._loop.call_later(self.heartbeat_interval, self._heartbeat)
+        self.server.call_later(self.heartbeat_interval, self._heartbeat)
 
     def _on_term(self, signum: int) -> None:
-        if self.server._stopping:
+        if self.stopping:
             return
+        self.stopping = True
         log.info("%s: graceful stop", signal.Signals(signum).name)
         self.table.state[self.slot] = SLOT_RETIRING
         self.server.stop(graceful=True)
 
     def _on_kick(self, signum: int) -> None:
         # Another worker paused and saw this one below the mean: accept again now.
-        self.server._update_accepting()
+        self.balancer.recheck()
 
     def _on_quit(self, signum: int) -> None:
+        self.stopping = True
         self.table.state[self.slot] = SLOT_RETIRING
         self.server.stop(graceful=False)
 
@@ -692,11 +687,13 @@ class Balancer:
     test rides in it) and one counter write. The listener poll runs only while paused.
     """
 
-    def __init__(self, server: Any, table: WorkerTable, slot: int,
+    def __init__(self, table: WorkerTable, slot: int, listeners: List[Any],
+                 call_later: Callable[..., Any],
                  heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> None:
-        self.server = server
         self.table = table
         self.slot = slot
+        self._call_later = call_later
+        self._ask_again = None  # type: Optional[Callable[[], None]]   # from attach()
         self._stale_after = BALANCE_STALE_HEARTBEATS * heartbeat_interval
         self._count = 0              # this worker's live connections
         self._recheck = None  # type: Any
@@ -704,8 +701,17 @@ class Balancer:
         self._stall_since = 0.0      # when a waiting connection was first seen (0: none)
         self._stall_others = 0       # the others' accept counters at that moment
         self._backlog = select.poll()
-        for sock in server.get_listeners():
+        for sock in listeners:
             self._backlog.register(sock.fileno(), select.POLLIN)
+
+    def attach(self, recheck: Callable[[], None]) -> None:
+        """Server hook: ``recheck()`` makes the server ask :meth:`may_accept` again."""
+        self._ask_again = recheck
+
+    def recheck(self) -> None:
+        """Have the server ask again now (a kick from a worker that paused)."""
+        if self._ask_again is not None:
+            self._ask_again()
 
     def may_accept(self) -> bool:
         """Server hook: may this worker take one more connection now?"""
@@ -719,7 +725,7 @@ class Balancer:
                     table.paused[self.slot] = 1
                     self._kick_paused_below(limit)
                 if self._recheck is None:
-                    self._recheck = self.server.call_later(BALANCE_RECHECK_S, self._on_recheck)
+                    self._recheck = self._call_later(BALANCE_RECHECK_S, self._on_recheck)
                 return self._overflow
         if table.paused[self.slot]:
             table.paused[self.slot] = 0
@@ -749,7 +755,7 @@ class Balancer:
         else:
             self._overflow = False
             self._stall_since = 0.0
-        self.server._update_accepting()
+        self.recheck()
 
     def _backlog_stalled(self, now: float) -> bool:
         """True when a connection has waited ``BALANCE_STALL_S`` with no other worker
@@ -769,19 +775,6 @@ class Balancer:
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _adopt_callbacks(old: Any, new: Any) -> None:
-    """Move callbacks scheduled before the fork (``server.call_later`` in the app's setup)
-    from the master's loop to the worker's, so they run in every worker."""
-    for handle in old._ready:
-        if not handle.cancelled:
-            new._ready.append(handle)
-    for handle in old._timers:
-        if not handle.cancelled:
-            heappush(new._timers, handle)
-    old._ready.clear()
-    old._timers.clear()
-
-
 def _describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)

@@ -90,3 +90,34 @@ def _spin(server, msg, path, query, user_data):
 def _hang(server, msg, path, query, user_data):
     import time
     time.sleep(60)
+
+
+# -- the worker-started signal (post-fork hook) --------------------------------------------
+STARTED = []  # (worker id, pid) seen by record_start in this process
+
+
+def record_start(server):
+    """A post-fork hook (``--post-fork prefork_apps:record_start``): note which worker
+    this process is, as ``get_worker_id()`` says at that moment."""
+    STARTED.append((server.get_worker_id(), os.getpid()))
+    logging.getLogger("minisoup.test").info("worker-started: worker %d pid %d",
+                                            server.get_worker_id(), os.getpid())
+
+
+def started(server):
+    """``whoami`` plus ``/started``: ``"ID PID|ID PID;..."``, this worker then what
+    ``record_start`` recorded in this process."""
+    whoami(server)
+    server.add_handler("/started", _started)
+
+
+def started_connected(server):
+    """``started``, with ``record_start`` connected by the app itself."""
+    started(server)
+    server.connect("worker-started", record_start)
+
+
+def _started(server, msg, path, query, user_data):
+    msg.set_status(200)
+    msg.set_response("text/plain", "%d %d|%s" % (server.get_worker_id(), os.getpid(),
+                                                 ";".join("%d %d" % s for s in STARTED)))

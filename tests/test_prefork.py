@@ -219,6 +219,59 @@ def test_sighups_close_together_leave_n_workers_with_distinct_ids(server_process
     proc.assert_no_zombies()
 
 
+def _started_records(port, workers):
+    """``{pid: (worker_id, recorded)}`` from /started over held keep-alive connections
+    (the balancer spreads them) until every worker has answered."""
+    answers, clients = {}, []
+    try:
+        while len(answers) < workers and len(clients) < 10 * workers:
+            client = KeepAliveClient(port, timeout=5)
+            clients.append(client)
+            mine, _sep, recorded = client.get("/started").partition("|")
+            worker_id, pid = map(int, mine.split())
+            answers[pid] = (worker_id, [tuple(map(int, r.split())) for r in recorded.split(";")
+                                        if r])
+    finally:
+        for client in clients:
+            client.close()
+    return answers
+
+
+@pytest.mark.parametrize("how", ["signal", "cli"])
+def test_worker_started_runs_in_each_worker_after_the_fork(server_process, how):
+    # Issue 10 item 1: the app's post-fork hook. "signal": the app connects worker-started
+    # itself; "cli": --post-fork MODULE:FUNCTION connects it.
+    if how == "signal":
+        proc = server_process(app="prefork_apps:started_connected", workers=2)
+    else:
+        proc = server_process(app="prefork_apps:started", workers=2,
+                              args=["--post-fork", "prefork_apps:record_start"])
+    answers = _started_records(proc.port, 2)
+    assert sorted(answers) == proc.live_workers()
+    for pid, (worker_id, recorded) in answers.items():
+        # Once, in this worker, after the fork (not inherited from the master), with the
+        # worker's own id already set.
+        assert recorded == [(worker_id, pid)], answers
+    assert sorted(worker_id for worker_id, _r in answers.values()) == [1, 2]
+    # Before the worker serves: its hook's log line comes before its "ready" line.
+    for pid, (worker_id, _recorded) in answers.items():
+        lines = [i for i, line in enumerate(proc.log) if "pid %d]" % pid in line]
+        hook = [i for i in lines if "worker-started: worker %d" % worker_id in proc.log[i]]
+        ready = [i for i in lines if "worker %d ready" % worker_id in proc.log[i]]
+        assert hook and ready and hook[0] < ready[0]
+
+
+def test_failing_post_fork_hook_fails_the_worker_with_back_off(server_process):
+    proc = server_process(app="prefork_apps:started", workers=1, ready=0,
+                          args=["--post-fork", "prefork_apps:raises"])
+    proc.wait_log(r"waiting [\d.]+ s before forking again", timeout=5)
+    assert proc.count_log(r"worker 1 failed") >= 1
+    assert proc.count_log(r"this app is broken on purpose") >= 1
+    assert proc.count_log(r"worker \d ready") == 0
+    proc.send(signal.SIGTERM)
+    assert proc.wait_exit(5) == 0
+
+
 def test_crash_loop_backs_off(server_process):
     proc = server_process(app="prefork_apps:crash_at_start", workers=2, ready=0)
     time.sleep(2.5)
@@ -466,6 +519,27 @@ def test_new_connections_never_wait_for_a_worker_that_is_not_accepting(server_pr
             os.kill(stopped, signal.SIGCONT)
         for client in held:
             client.close()
+
+
+def test_loop_adopt_takes_the_pending_callbacks():
+    # What a worker's fresh loop does with the master's (callbacks scheduled before fork).
+    from minisoup.loop import Loop
+    old, new = Loop(), Loop()
+    ran = []
+    try:
+        old.call_soon(ran.append, "soon")
+        old.call_later(0.01, ran.append, "later")
+        old.call_later(0.0, ran.append, "cancelled").cancel()
+        new.adopt(old)
+        new.call_later(0.05, new.stop)
+        new.run()
+        assert ran == ["soon", "later"]
+        old.call_later(0.05, old.stop)  # the old loop kept nothing: none of them runs twice
+        old.run()
+        assert ran == ["soon", "later"]
+    finally:
+        old.close()
+        new.close()
 
 
 def _running(pid):
