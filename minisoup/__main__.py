@@ -2,7 +2,9 @@
 
 ``APP`` is ``module:function``; the function is called with the :class:`Server`
 before the workers are forked, to register handlers. Without ``APP``, the built-in
-demo (:mod:`minisoup.demo`) is served.
+demo (:mod:`minisoup.demo`) is served. ``--post-fork module:function`` is called with
+the ``Server`` in each worker after the fork, before it serves (the server's
+``worker-started`` signal).
 """
 
 import argparse
@@ -97,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_LIMITS["max_connections"],
                         help="connections per worker above which it stops accepting "
                              "(default: %(default)d)")
+    parser.add_argument("--post-fork", metavar="MODULE:FUNCTION",
+                        help="called with the Server in each worker after the fork, before "
+                             "it serves (per-process setup; server.get_worker_id() says "
+                             "which worker); an exception stops that worker")
     parser.add_argument("--print-uris", action="store_true",
                         help="print each listening URI (real port, after port 0) on "
                              "stdout once bound, one per line, for scripts")
@@ -104,32 +110,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_app(spec: str) -> Callable[[Server], Any]:
-    """Import ``module:function`` (the function may be a dotted attribute path)."""
+def load_app(spec: str, what: str = "APP") -> Callable[[Server], Any]:
+    """Import ``module:function`` (the function may be a dotted attribute path).
+
+    ``what`` names the option in error messages (``APP``, ``--post-fork``)."""
     module_name, sep, attr_path = spec.partition(":")
     if not sep or not module_name or not attr_path:
-        raise AppError("APP must be MODULE:FUNCTION, e.g. myapp:setup (got %r)" % spec)
+        raise AppError("%s must be MODULE:FUNCTION, e.g. myapp:setup (got %r)" % (what, spec))
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does, for the console script too
     try:
         target = importlib.import_module(module_name)
     except ImportError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise AppError("cannot import APP module %r: no module named %r"
-                           % (module_name, exc.name))
-        log.exception("importing APP module %r failed", module_name)
-        raise AppError("importing APP module %r failed: %s" % (module_name, exc))
+            raise AppError("cannot import %s module %r: no module named %r"
+                           % (what, module_name, exc.name))
+        log.exception("importing %s module %r failed", what, module_name)
+        raise AppError("importing %s module %r failed: %s" % (what, module_name, exc))
     except Exception as exc:
-        log.exception("importing APP module %r failed", module_name)
-        raise AppError("importing APP module %r failed: %s: %s"
-                       % (module_name, type(exc).__name__, exc))
+        log.exception("importing %s module %r failed", what, module_name)
+        raise AppError("importing %s module %r failed: %s: %s"
+                       % (what, module_name, type(exc).__name__, exc))
     for name in attr_path.split("."):
         try:
             target = getattr(target, name)
         except AttributeError:
-            raise AppError("APP module %r has no attribute %r" % (module_name, attr_path))
+            raise AppError("%s module %r has no attribute %r" % (what, module_name, attr_path))
     if not callable(target):
-        raise AppError("APP %r is not callable" % spec)
+        raise AppError("%s %r is not callable" % (what, spec))
     return target
 
 
@@ -146,6 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             register = load_app(args.app)
         else:
             from .demo import register
+        post_fork = load_app(args.post_fork, "--post-fork") if args.post_fork else None
     except AppError as exc:
         print("minisoup: error: %s" % exc, file=sys.stderr)
         return EXIT_ERROR
@@ -156,6 +165,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("minisoup: error: APP %s raised while registering handlers (traceback above)"
               % args.app, file=sys.stderr)
         return EXIT_ERROR
+    if post_fork is not None:
+        server.connect("worker-started", post_fork)
     for host, port in args.bind or [parse_bind(DEFAULT_BIND)]:
         try:
             server.listen((host, port))

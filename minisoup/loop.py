@@ -123,6 +123,23 @@ class Loop:
         heapq.heappush(self._timers, handle)
         return handle
 
+    def adopt(self, old: "Loop") -> None:
+        """Take over the callbacks scheduled on ``old`` and not yet run (``old`` keeps none).
+
+        A pre-fork worker's fresh loop adopts those that the app scheduled on the master's
+        loop before the fork (``server.call_later`` at setup), so they run in every worker.
+        """
+        # reach-in: another Loop's queues; same class, the one place they change hands.
+        ready, timers = old._ready, old._timers
+        for handle in ready:
+            if not handle.cancelled:
+                self._ready.append(handle)
+        for handle in timers:
+            if not handle.cancelled:
+                heapq.heappush(self._timers, handle)
+        ready.clear()
+        timers.clear()
+
     # -- file descriptors ---------------------------------------------------
     def add_reader(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         """Call ``callback(events)`` whenever ``sock`` is readable."""

@@ -31,8 +31,7 @@ import select
 import signal
 import sys
 import time
-from heapq import heappush
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 log = logging.getLogger("minisoup")
 
@@ -51,6 +50,8 @@ SIGNAL_QUEUE_MAX = 16           # signals beyond this, arriving in a burst, are 
 BALANCE_SLACK = 2               # a worker may hold mean + max(SLACK, SLACK_RATIO * mean)
 BALANCE_SLACK_RATIO = 0.1       # connections before it stops accepting
 BALANCE_RECHECK_S = 0.05        # while paused by the balancer, re-check this often
+BALANCE_STALL_S = 0.1           # a connection waited this long, no peer accepting: take it
+BALANCE_STALE_HEARTBEATS = 3    # a worker this many heartbeats late is not in the mean
 # Worker-to-worker "accept again" kick. SIGWINCH because its default action is to be
 # ignored: a kick that reached the wrong process (a pid reused) would do no harm.
 BALANCE_KICK_SIGNAL = signal.SIGWINCH
@@ -61,6 +62,7 @@ SLOT_FREE, SLOT_BOOTING, SLOT_SERVING, SLOT_RETIRING = 0, 1, 2, 3
 
 # -- log tag -------------------------------------------------------------------------------
 _log_tag = None  # type: Optional[str]
+_tag_factory = None  # type: Optional[Callable[..., logging.LogRecord]]   # the one installed
 
 
 def set_log_tag(tag: Optional[str]) -> None:
@@ -76,8 +78,9 @@ def install_log_tag() -> None:
     use ``%(worker)s``. Idempotent. The master sets ``master pid P``; each worker sets
     its own tag right after the fork.
     """
+    global _tag_factory
     previous = logging.getLogRecordFactory()
-    if getattr(previous, "_minisoup_tag", False):
+    if previous is _tag_factory:
         return
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -85,7 +88,7 @@ def install_log_tag() -> None:
         record.worker = _log_tag or "pid %d" % record.process
         return record
 
-    factory._minisoup_tag = True  # type: ignore[attr-defined]
+    _tag_factory = factory
     logging.setLogRecordFactory(factory)
 
 
@@ -96,13 +99,14 @@ class WorkerTable:
     Per slot: ``heartbeat`` a ``time.monotonic()`` stamp (CLOCK_MONOTONIC is system-wide
     on Linux, so stamps compare across processes); ``connections`` the worker's live
     connection count; ``state`` one of the ``SLOT_*`` constants; ``pid`` the worker's
-    pid; ``paused`` 1 while the balancer keeps the worker from accepting. Each field is
+    pid; ``paused`` 1 while the balancer keeps the worker from accepting; ``accepted``
+    how many connections the worker has accepted (only ever grows). Each field is
     an aligned 8-byte word written whole, so readers need no lock: a value is at worst
     one update old, which the heartbeat and the balancer tolerate.
     """
 
     FIELDS = (("heartbeat", "d"), ("connections", "q"), ("state", "q"), ("pid", "q"),
-              ("paused", "q"))
+              ("paused", "q"), ("accepted", "q"))
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -123,6 +127,7 @@ class WorkerTable:
         slot = self._free.pop()
         self.heartbeat[slot] = now
         self.connections[slot] = self.pid[slot] = self.paused[slot] = 0
+        self.accepted[slot] = 0
         self.state[slot] = SLOT_BOOTING
         return slot
 
@@ -132,14 +137,20 @@ class WorkerTable:
         self.connections[slot] = self.pid[slot] = self.paused[slot] = 0
         self._free.append(slot)
 
-    def serving_load(self) -> Tuple[int, int]:
-        """``(connections, workers)`` summed over the slots in state SERVING."""
+    def serving_load(self, alive_since: float) -> Tuple[int, int]:
+        """``(connections, workers)`` summed over the slots in state SERVING whose
+        heartbeat is not older than ``alive_since`` (a ``time.monotonic()`` value)."""
         total = live = 0
-        for state, count in zip(self.state, self.connections):
-            if state == SLOT_SERVING:
+        for state, count, heartbeat in zip(self.state, self.connections, self.heartbeat):
+            if state == SLOT_SERVING and heartbeat >= alive_since:
                 total += count
                 live += 1
         return total, live
+
+    def accepted_by_others(self, slot: int) -> int:
+        """The accept counters of every slot but ``slot``, summed. Any change between two
+        reads means some other worker accepted (or was reaped): its loop was running."""
+        return sum(self.accepted) - self.accepted[slot]
 
     def close(self) -> None:
         """Unmap (the master, once every worker is gone)."""
@@ -151,13 +162,15 @@ class WorkerTable:
 class WorkerRecord:
     """The master's view of one worker process."""
 
-    __slots__ = ("id", "pid", "slot", "started", "retiring", "retire_deadline", "killed")
+    __slots__ = ("id", "pid", "slot", "started", "generation", "retiring", "retire_deadline",
+                 "killed")
 
-    def __init__(self, worker_id: int, slot: int, started: float) -> None:
+    def __init__(self, worker_id: int, slot: int, started: float, generation: int = 0) -> None:
         self.id = worker_id
         self.pid = 0
         self.slot = slot
         self.started = started
+        self.generation = generation  # SIGHUPs received before its fork
         self.retiring = False        # asked to stop; not counted as one of the N
         self.retire_deadline = 0.0
         self.killed = False          # SIGKILL sent
@@ -199,7 +212,11 @@ class Arbiter:
         self._stopping = False
         self._backoff = 0.0
         self._next_spawn = 0.0
-        self._reload = []  # type: List[WorkerRecord]   # old workers still to replace (SIGHUP)
+        # SIGHUP: workers forked before the latest SIGHUP (generation < _generation) are
+        # replaced one at a time; _reload_old is the one the replacement in flight,
+        # _reload_new, takes over from (same id).
+        self._generation = 0
+        self._reload_old = None  # type: Optional[WorkerRecord]
         self._reload_new = None  # type: Optional[WorkerRecord]
 
     # -- main loop -----------------------------------------------------------------------
@@ -280,7 +297,7 @@ class Arbiter:
 
     def _sleep_timeout(self) -> float:
         timeout = min(MASTER_TICK_S, self.worker_timeout / 2 or MASTER_TICK_S)
-        if self._reload:
+        if self._reload_new is not None or self._stale_workers():
             timeout = RELOAD_POLL_S
         backoff_left = self._next_spawn - time.monotonic()
         if backoff_left > 0:
@@ -320,7 +337,7 @@ class Arbiter:
         Immediate: ``SIGQUIT``, then ``SIGKILL`` after ``QUIT_TIMEOUT_S``.
         """
         self._stopping = True
-        self._reload, self._reload_new = [], None
+        self._reload_old = self._reload_new = None
         immediate = not graceful
         if graceful:
             self._signal_workers(signal.SIGTERM)
@@ -382,7 +399,10 @@ class Arbiter:
             log.error("master: no free worker slot (%d in use); not forking",
                       self._table.capacity)
             return None
-        worker = WorkerRecord(worker_id, slot, now)
+        worker = WorkerRecord(worker_id, slot, now, self._generation)
+        process = WorkerProcess(self.server, worker_id, self._table, slot, self.pid,
+                                min(HEARTBEAT_INTERVAL_S,
+                                    self.worker_timeout / 4 or HEARTBEAT_INTERVAL_S))
         _flush_std()  # or the child would write the parent's buffered output again
         # Block the signals the child must handle itself until it has installed its own
         # handlers: otherwise a SIGTERM right after the fork would run the master's.
@@ -396,7 +416,7 @@ class Arbiter:
             self._crashed(now)
             return None
         if pid == 0:
-            self._become_worker(worker, mask)  # never returns
+            self._become_worker(process, mask)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker.pid = pid
         self.workers[pid] = worker
@@ -468,8 +488,10 @@ class Arbiter:
     def _worker_exited(self, worker: WorkerRecord, status: int) -> None:
         now = time.monotonic()
         self._table.release(worker.slot)
-        if worker is self._reload_new:
-            self._reload_new = None
+        if worker is self._reload_new or worker is self._reload_old:
+            # The replacement died: its old worker is still stale and is picked again.
+            # The old one died: the replacement simply takes its place (same id).
+            self._reload_old = self._reload_new = None
         how = _describe_exit(status)
         lifetime = now - worker.started
         if worker.retiring or self._stopping:
@@ -492,48 +514,58 @@ class Arbiter:
 
     # -- SIGHUP: rolling replacement ------------------------------------------------------------
     def _start_reload(self) -> None:
-        self._reload = sorted((w for w in self.workers.values()
-                               if not w.retiring and w is not self._reload_new),
-                              key=lambda w: w.id)
-        log.info("master: SIGHUP: replacing %d worker(s) one at a time", len(self._reload))
+        # No list to rebuild: the plan is derived from the generations each round, so a
+        # SIGHUP during a replacement only widens it (the replacement in flight finishes
+        # with the worker it was forked for, then is itself replaced, being older).
+        self._generation += 1
+        log.info("master: SIGHUP: replacing %d worker(s) one at a time",
+                 len(self._stale_workers()) + (1 if self._reload_new is not None else 0))
+
+    def _stale_workers(self) -> List[WorkerRecord]:
+        """Workers forked before the latest SIGHUP and not yet being replaced, by id."""
+        return sorted((w for w in self.workers.values()
+                       if w.generation < self._generation and not w.retiring
+                       and w is not self._reload_old and w is not self._reload_new),
+                      key=lambda w: (w.id, w.started))
 
     def _advance_reload(self) -> None:
         # One step at a time: fork the replacement, wait until it serves, then retire
-        # the old worker; the next old worker waits for the next round.
-        while self._reload:
-            old = self._reload[0]
-            if old.retiring or old.pid not in self.workers:
-                self._reload.pop(0)
-                continue
-            new = self._reload_new
-            if new is None:
-                if time.monotonic() >= self._next_spawn:
-                    self._reload_new = self.spawn_worker(old.id)
+        # the old worker it was forked for; the next stale worker waits for the next round.
+        new = self._reload_new
+        if new is not None:
+            old = self._reload_old
+            if old.retiring:  # scaled down meanwhile: the replacement is a plain worker now
+                self._reload_old = self._reload_new = None
+            elif self._table.state[new.slot] != SLOT_SERVING:
                 return
-            if self._table.state[new.slot] != SLOT_SERVING:
-                return
-            self.retire_worker(old, "replaced by pid %d" % new.pid)
-            self._reload.pop(0)
-            self._reload_new = None
+            else:
+                self._reload_old = self._reload_new = None
+                self.retire_worker(old, "replaced by pid %d" % new.pid)
+        if self._stopping or time.monotonic() < self._next_spawn:
+            return
+        stale = self._stale_workers()
+        if stale:
+            old = stale[0]
+            self._reload_new = self.spawn_worker(old.id)
+            if self._reload_new is not None:
+                self._reload_old = old
 
     # -- in the child -------------------------------------------------------------------------
-    def _become_worker(self, worker: WorkerRecord, sigmask: Any) -> None:
+    def _become_worker(self, process: "WorkerProcess", sigmask: Any) -> None:
         """Run in the forked child: serve, then ``os._exit`` (never return to the master)."""
         status = 1
-        set_log_tag("worker %d pid %d" % (worker.id, os.getpid()))
+        worker_id = process.worker_id
+        set_log_tag("worker %d pid %d" % (worker_id, os.getpid()))
         try:
             for fd in self._pipe:
                 os.close(fd)
-            process = WorkerProcess(self.server, worker.id, self._table, worker.slot, self.pid,
-                                    min(HEARTBEAT_INTERVAL_S,
-                                        self.worker_timeout / 4 or HEARTBEAT_INTERVAL_S))
             process.run(sigmask)
             status = 0
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            log.info("worker %d exiting with status %d", worker.id, status)
+            log.info("worker %d exiting with status %d", worker_id, status)
         except BaseException:
-            log.exception("worker %d failed", worker.id)
+            log.exception("worker %d failed", worker_id)
         finally:
             _flush_std()
             os._exit(status)
@@ -541,7 +573,14 @@ class Arbiter:
 
 # -- the worker ------------------------------------------------------------------------------
 class WorkerProcess:
-    """One forked worker: fresh per-process state, its signals, heartbeat and balancing."""
+    """One worker: built in the master before the fork from named parts (it does nothing
+    to the current process), then :meth:`run` in the forked child.
+
+    It talks to the ``Server`` through its public methods and the one declared
+    pre-fork entry point, :meth:`Server._run_worker`; the :class:`Balancer` is the
+    server's accept gate. Its own duties: the worker's signals, the heartbeat, and its
+    slot's state in the shared table.
+    """
 
     def __init__(self, server: Any, worker_id: int, table: WorkerTable, slot: int,
                  master_pid: int, heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> None:
@@ -552,69 +591,52 @@ class WorkerProcess:
         self.slot = slot
         self.master_pid = master_pid
         self.balancer = None  # type: Optional[Balancer]
+        self.stopping = False
 
     def run(self, sigmask: Any) -> None:
-        """Serve until stopped (``sigmask``: the signal mask to restore once ready)."""
+        """In the child: serve until stopped (``sigmask``: the mask to restore once ready)."""
         # The master's handlers must not run here: its signals are not ours.
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        loop = self._reset_server()
-        loop.add_signal_handler(signal.SIGTERM, self._on_term)
-        loop.add_signal_handler(signal.SIGINT, self._on_term)
-        loop.add_signal_handler(signal.SIGQUIT, self._on_quit)
-        loop.add_signal_handler(BALANCE_KICK_SIGNAL, self._on_kick)
+        self.balancer = Balancer(self.table, self.slot, self.server.get_listeners(),
+                                 self.server.call_later, self.heartbeat_interval)
+        signals = {signal.SIGTERM: self._on_term, signal.SIGINT: self._on_term,
+                   signal.SIGQUIT: self._on_quit, BALANCE_KICK_SIGNAL: self._on_kick}
+        # reach-in: Server's declared pre-fork entry point (the master → worker hand-over).
+        self.server._run_worker(self.worker_id, self.balancer, signals,
+                                lambda: self._ready(sigmask))
+
+    def _ready(self, sigmask: Any) -> None:
+        # The app's worker-started callbacks have run; the loop is about to serve.
+        # Signals blocked since the fork are delivered from here on, to our handlers.
         signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
         self.table.pid[self.slot] = os.getpid()
-        self.balancer = Balancer(self.server, self.table, self.slot)
-        self.server._may_accept = self.balancer.may_accept
-        self.server._on_count_change = self._on_count_change
         self._heartbeat()
         self.table.state[self.slot] = SLOT_SERVING
         log.info("worker %d ready", self.worker_id)
-        self.server._serve(install_signals=False)
-
-    def _reset_server(self) -> Any:
-        """Give the inherited ``Server`` a fresh loop and empty connection sets."""
-        server = self.server
-        inherited = server._loop
-        server._loop = None  # the master's selector must not be shared: a new epoll set
-        if inherited is not None:
-            inherited.close()
-        server._worker_id = self.worker_id
-        server._http = set()
-        server._websockets = set()
-        server._accepting = False
-        server._stopping = False
-        server._sweep = None
-        server._accept_paused_until = 0.0
-        loop = server._get_loop()
-        if inherited is not None:
-            _adopt_callbacks(inherited, loop)
-        return loop
-
-    def _on_count_change(self, count: int) -> None:
-        self.table.connections[self.slot] = count
 
     def _heartbeat(self) -> None:
         self.table.heartbeat[self.slot] = time.monotonic()
-        if os.getppid() != self.master_pid and not self.server._stopping:
+        if os.getppid() != self.master_pid and not self.stopping:
             log.warning("master (pid %d) is gone: stopping", self.master_pid)
             self._on_term(signal.SIGTERM)
-        self.server._loop.call_later(self.heartbeat_interval, self._heartbeat)
+        self.server.call_later(self.heartbeat_interval, self._heartbeat)
 
     def _on_term(self, signum: int) -> None:
-        if self.server._stopping:
+        if self.stopping:
             return
+        self.stopping = True
         log.info("%s: graceful stop", signal.Signals(signum).name)
         self.table.state[self.slot] = SLOT_RETIRING
         self.server.stop(graceful=True)
 
     def _on_kick(self, signum: int) -> None:
         # Another worker paused and saw this one below the mean: accept again now.
-        self.server._update_accepting()
+        self.balancer.recheck()
 
     def _on_quit(self, signum: int) -> None:
+        self.stopping = True
         self.table.state[self.slot] = SLOT_RETIRING
         self.server.stop(graceful=False)
 
@@ -638,34 +660,83 @@ class Balancer:
     true: on one of its own connections closing; when a worker that pauses sees it
     paused below the limit and kicks it (``BALANCE_KICK_SIGNAL``, so a burst never
     waits for a timer while every worker is paused); and, as a safety net, on a
-    timer that runs only while it is paused. The cost is one pass over a small
-    shared array per accepted connection.
+    timer that runs only while it is paused.
+
+    Never waiting for a worker that does not accept. A worker can be SERVING in the
+    table and yet take nothing: stopped (``SIGSTOP``, a debugger) or its loop held by
+    a long handler. Its share still holds the mean — and so the others' limit — up,
+    and the connections they defer to it would wait until the heartbeat kills it
+    (``worker_timeout``, 30 s). Two guards, one per time scale:
+
+    * Within ``BALANCE_STALL_S`` (the bound): while paused, the recheck timer polls the
+      listeners. The accept queue is FIFO, and a worker waiting in ``epoll_wait``
+      takes a connection within moments of its arrival, while one that is stopped or
+      inside a callback is not in ``epoll_wait`` at all, so ``EPOLLEXCLUSIVE`` hands the
+      wake-up to a worker that is. Hence a listener readable at two checks
+      ``BALANCE_STALL_S`` apart, with no other worker's accept counter moving between
+      them, proves that the head of the queue has waited that long and that no worker
+      the mean defers to is accepting. This worker then accepts regardless of the mean
+      (``overflow``) until the queue is empty or another worker accepts again. Balance
+      loses at most the connections that arrive while every other worker is stuck;
+      no connection waits more than about ``BALANCE_STALL_S + BALANCE_RECHECK_S``.
+    * Past ``BALANCE_STALE_HEARTBEATS`` heartbeats (the steady state): a worker whose
+      heartbeat is that late is left out of the mean, so a long stall stops holding
+      the limit down at all; it counts again from its next heartbeat.
+
+    Cost per accepted connection: one pass over a small shared array (the heartbeat
+    test rides in it) and one counter write. The listener poll runs only while paused.
     """
 
-    def __init__(self, server: Any, table: WorkerTable, slot: int) -> None:
-        self.server = server
+    def __init__(self, table: WorkerTable, slot: int, listeners: List[Any],
+                 call_later: Callable[..., Any],
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> None:
         self.table = table
         self.slot = slot
+        self._call_later = call_later
+        self._ask_again = None  # type: Optional[Callable[[], None]]   # from attach()
+        self._stale_after = BALANCE_STALE_HEARTBEATS * heartbeat_interval
+        self._count = 0              # this worker's live connections
         self._recheck = None  # type: Any
+        self._overflow = False       # accepting above the limit: the others are stuck
+        self._stall_since = 0.0      # when a waiting connection was first seen (0: none)
+        self._stall_others = 0       # the others' accept counters at that moment
+        self._backlog = select.poll()
+        for sock in listeners:
+            self._backlog.register(sock.fileno(), select.POLLIN)
+
+    def attach(self, recheck: Callable[[], None]) -> None:
+        """Server hook: ``recheck()`` makes the server ask :meth:`may_accept` again."""
+        self._ask_again = recheck
+
+    def recheck(self) -> None:
+        """Have the server ask again now (a kick from a worker that paused)."""
+        if self._ask_again is not None:
+            self._ask_again()
 
     def may_accept(self) -> bool:
         """Server hook: may this worker take one more connection now?"""
         table = self.table
-        total, live = table.serving_load()
+        total, live = table.serving_load(time.monotonic() - self._stale_after)
         if live >= 2:
             mean = total / live
             limit = mean + max(BALANCE_SLACK, BALANCE_SLACK_RATIO * mean)
-            if self.server._connection_count() > limit:
+            if self._count > limit:
                 if not table.paused[self.slot]:
                     table.paused[self.slot] = 1
                     self._kick_paused_below(limit)
                 if self._recheck is None:
-                    self._recheck = self.server._loop.call_later(BALANCE_RECHECK_S,
-                                                                 self._on_recheck)
-                return False
+                    self._recheck = self._call_later(BALANCE_RECHECK_S, self._on_recheck)
+                return self._overflow
         if table.paused[self.slot]:
             table.paused[self.slot] = 0
         return True
+
+    def connections_changed(self, count: int) -> None:
+        """Server hook: this worker now holds ``count`` connections."""
+        if count > self._count:  # only an accept adds one (an upgrade keeps the count)
+            self.table.accepted[self.slot] += 1
+        self._count = count
+        self.table.connections[self.slot] = count
 
     def _kick_paused_below(self, limit: float) -> None:
         table = self.table
@@ -679,23 +750,31 @@ class Balancer:
 
     def _on_recheck(self) -> None:
         self._recheck = None
-        self.server._update_accepting()
+        if self.table.paused[self.slot]:
+            self._overflow = self._backlog_stalled(time.monotonic())
+        else:
+            self._overflow = False
+            self._stall_since = 0.0
+        self.recheck()
+
+    def _backlog_stalled(self, now: float) -> bool:
+        """True when a connection has waited ``BALANCE_STALL_S`` with no other worker
+        accepting anything meanwhile (see the class docstring for why that suffices)."""
+        if not self._backlog.poll(0):
+            self._stall_since = 0.0
+            return False
+        others = self.table.accepted_by_others(self.slot)
+        if not self._stall_since or others != self._stall_others:
+            self._stall_since, self._stall_others = now, others
+            return False
+        stalled = now - self._stall_since >= BALANCE_STALL_S
+        if stalled and not self._overflow:
+            log.debug("balancer: a connection waited %.0f ms and no other worker accepted; "
+                      "accepting above the mean", 1000 * (now - self._stall_since))
+        return stalled
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _adopt_callbacks(old: Any, new: Any) -> None:
-    """Move callbacks scheduled before the fork (``server.call_later`` in the app's setup)
-    from the master's loop to the worker's, so they run in every worker."""
-    for handle in old._ready:
-        if not handle.cancelled:
-            new._ready.append(handle)
-    for handle in old._timers:
-        if not handle.cancelled:
-            heappush(new._timers, handle)
-    old._ready.clear()
-    old._timers.clear()
-
-
 def _describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)

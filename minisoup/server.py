@@ -5,7 +5,7 @@ import logging
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from ._version import __version__
 from .connection import CLOSED, HTTPConnection
@@ -35,6 +35,27 @@ DEFAULT_LIMITS = {
 LISTEN_BACKLOG = 1024
 ACCEPT_PER_WAKEUP = 16       # accept() calls per readiness event (fairness between workers)
 EMFILE_BACKOFF_S = 0.5       # out of descriptors: stop accepting this long, then retry
+
+
+class AcceptGate(Protocol):
+    """A pre-fork worker's say over accepting (``prefork.Balancer`` implements it).
+
+    The seam between a ``Server`` and the worker process it runs in
+    (:meth:`Server._run_worker`): the server asks :meth:`may_accept` before taking
+    connections from the shared listening sockets and reports every change of its
+    live connection count to :meth:`connections_changed`; once, before serving, it
+    hands the gate ``recheck`` through :meth:`attach`, to be called when the gate's
+    answer may have turned from False to True (the server then asks again).
+    """
+
+    def may_accept(self) -> bool:
+        """May this worker take one more connection now? Called per accept: keep it cheap."""
+
+    def connections_changed(self, count: int) -> None:
+        """This worker now holds ``count`` connections (HTTP and WebSocket)."""
+
+    def attach(self, recheck: Callable[[], None]) -> None:
+        """Keep ``recheck``: calling it makes the server ask :meth:`may_accept` again."""
 
 
 class _Entry:
@@ -70,10 +91,17 @@ class Server(SignalEmitter):
     worker may go without a heartbeat before the master kills and replaces it).
 
     Signals: ``request-started``, ``request-read``, ``request-finished``,
-    ``request-aborted``, each with the :class:`ServerMessage`.
+    ``request-aborted``, each with the :class:`ServerMessage`; ``worker-started``
+    (no argument: ``callback(server, *user_data)``), emitted in each process that is
+    about to serve — in every pre-forked worker after the fork (``get_worker_id()``
+    already says which), or once in :meth:`run` without workers — the place for
+    per-process setup (gunicorn's ``post_fork``). An exception from a
+    ``worker-started`` callback propagates: that worker fails and the master replaces
+    it, backing off if every worker fails so.
     """
 
-    SIGNALS = ("request-started", "request-read", "request-finished", "request-aborted")
+    SIGNALS = ("request-started", "request-read", "request-finished", "request-aborted",
+               "worker-started")
 
     def __init__(self, server_header: Optional[str] = DEFAULT_SERVER_HEADER, **limits: Any) -> None:
         unknown = set(limits) - set(DEFAULT_LIMITS)
@@ -102,11 +130,14 @@ class Server(SignalEmitter):
         self._sweep = None  # type: Optional[Handle]
         self._stop_deadline = 0.0
         self._accept_paused_until = 0.0
-        # Set by the pre-fork worker: called with the live connection count on each change.
-        self._on_count_change = None  # type: Optional[Callable[[int], None]]
+        self._gate = None  # type: Optional[AcceptGate]   # a pre-fork worker's balancer
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers
+
+    def _signal_callback_failed(self, name: str, exc: Exception) -> None:
+        if name == "worker-started":
+            raise exc  # a process whose setup failed must not serve (see the class docstring)
 
     # -- handlers -------------------------------------------------------------------
     def _entry(self, path: Optional[str]) -> _Entry:
@@ -255,6 +286,20 @@ class Server(SignalEmitter):
         """Run ``callback(*args)`` on this worker's loop on its next iteration."""
         return self._get_loop().call_soon(callback, *args)
 
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Like :meth:`call_soon`, but callable from any thread: the loop is woken up.
+
+        The one safe way for another thread to act on a running server, e.g.
+        ``server.call_soon_threadsafe(server.stop)`` to stop a :meth:`run` that serves
+        in a thread. Create the loop first (any ``call_soon``/``call_later`` from the
+        thread that will call :meth:`run`, or from before starting it), so that two
+        threads never create it at once.
+        """
+        loop = self._get_loop()
+        handle = loop.call_soon(callback, *args)  # deque.append: atomic in CPython
+        loop.wakeup()
+        return handle
+
     def get_worker_id(self) -> int:
         """The worker this code runs in: 1..N under ``run(workers=N)``, 0 otherwise."""
         return self._worker_id
@@ -268,7 +313,39 @@ class Server(SignalEmitter):
             from .prefork import Arbiter
             Arbiter(self, workers).run()
         else:
+            self.emit("worker-started")
             self._serve(install_signals=True)
+
+    def _run_worker(self, worker_id: int, gate: AcceptGate,
+                    signals: Mapping[int, Callable[[int], None]],
+                    on_ready: Callable[[], None]) -> None:
+        """Serve as pre-fork worker ``worker_id``, in the forked child, until stopped.
+
+        The one entry point of ``prefork.WorkerProcess`` (the hand-over master → worker):
+        resets this process's share of the server — a fresh loop (the master's epoll set
+        must not be shared) that adopts the callbacks scheduled before the fork, no
+        connections, not stopping — takes ``gate`` as the accept gate, runs ``signals``
+        (signum → ``callback(signum)``) from the loop in place of the single-process
+        handlers, emits ``worker-started``, calls ``on_ready()`` and serves.
+        """
+        inherited = self._loop
+        self._loop = Loop()
+        if inherited is not None:
+            self._loop.adopt(inherited)
+            inherited.close()
+        self._worker_id = worker_id
+        self._http = set()
+        self._websockets = set()
+        self._accepting = self._stopping = self._running = False
+        self._sweep = None
+        self._accept_paused_until = 0.0
+        self._gate = gate
+        gate.attach(self._update_accepting)
+        for signum, callback in signals.items():
+            self._loop.add_signal_handler(signum, callback)
+        self.emit("worker-started")
+        on_ready()
+        self._serve(install_signals=False)
 
     def _serve(self, install_signals: bool = False) -> None:
         """Run this process's loop on the listening sockets until stopped."""
@@ -394,8 +471,8 @@ class Server(SignalEmitter):
             self._stop_accepting()
 
     def _may_accept(self) -> bool:
-        """Hook for the pre-fork balancer: may this worker take more connections now?"""
-        return True
+        """The pre-fork worker's gate, if any: may this worker take more connections now?"""
+        return self._gate is None or self._gate.may_accept()
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_PER_WAKEUP):
@@ -432,14 +509,14 @@ class Server(SignalEmitter):
         conn = HTTPConnection(self, None, addr, local)
         conn.transport = SocketTransport(self._loop, sock, conn)
         self._http.add(conn)
-        if self._on_count_change is not None:
-            self._on_count_change(len(self._http) + len(self._websockets))
+        if self._gate is not None:
+            self._gate.connections_changed(len(self._http) + len(self._websockets))
 
     def _connection_closed(self, conn: Any) -> None:
         self._http.discard(conn)
         self._websockets.discard(conn)
-        if self._on_count_change is not None:
-            self._on_count_change(len(self._http) + len(self._websockets))
+        if self._gate is not None:
+            self._gate.connections_changed(len(self._http) + len(self._websockets))
         if self._stopping:
             self._check_stopped(time.monotonic())
         elif not self._accepting:

@@ -18,22 +18,21 @@ import minisoup  # noqa: E402
 def running(server, timeout=10.0):
     """Run ``server`` (already listening, or listen_local(0) is called) in a thread.
 
-    Yields the port. Always stops the server, even when the test fails.
+    Yields the port. Always stops the server, even when the test fails. Public API
+    only: ``run()`` in the thread, ``call_soon_threadsafe(server.stop, False)`` to stop.
     """
     if not server.get_listeners():
         server.listen_local(0)
     port = server.get_listeners()[0].getsockname()[1]
-    thread = threading.Thread(target=server._serve, name="minisoup-test-server", daemon=True)
+    serving = threading.Event()
+    server.call_soon(serving.set)  # also creates the loop here, before the thread runs it
+    thread = threading.Thread(target=server.run, name="minisoup-test-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + timeout
-    while not (server._running and server._loop is not None) and time.monotonic() < deadline:
-        time.sleep(0.001)
+    serving.wait(timeout)
     try:
         yield port
     finally:
-        if server._loop is not None:
-            server._loop.call_soon(server.stop, False)
-            server._loop.wakeup()
+        server.call_soon_threadsafe(server.stop, False)
         thread.join(timeout)
         for sock in server.get_listeners():
             sock.close()

@@ -46,12 +46,13 @@ not_callable = 42
 
 def slow(server):
     """``whoami`` plus ``/slow`` (answered 0.5 s later from a timer, the loop stays free),
-    ``/block`` (blocks the worker's loop for 2 s) and ``/hang`` (blocks it for a minute: its
-    heartbeat stops)."""
+    ``/block`` (blocks the worker's loop for 2 s), ``/spin`` (keeps it busy computing for
+    ``SPIN_S`` seconds) and ``/hang`` (blocks it for a minute: its heartbeat stops)."""
     whoami(server)
     server.add_handler("/slow", _slow)
     server.add_handler("/hang", _hang)
     server.add_handler("/block", _block)
+    server.add_handler("/spin", _spin)
 
 
 def _slow(server, msg, path, query, user_data):
@@ -73,6 +74,50 @@ def _block(server, msg, path, query, user_data):
     msg.set_response("text/plain", "blocked worker %d\n" % server.get_worker_id())
 
 
+SPIN_S = 6.0
+
+
+def _spin(server, msg, path, query, user_data):
+    import time
+    deadline = time.monotonic() + SPIN_S
+    n = 0
+    while time.monotonic() < deadline:  # CPU-bound: the loop runs nothing meanwhile
+        n += 1
+    msg.set_status(200)
+    msg.set_response("text/plain", "spun %d in worker %d\n" % (n, server.get_worker_id()))
+
+
 def _hang(server, msg, path, query, user_data):
     import time
     time.sleep(60)
+
+
+# -- the worker-started signal (post-fork hook) --------------------------------------------
+STARTED = []  # (worker id, pid) seen by record_start in this process
+
+
+def record_start(server):
+    """A post-fork hook (``--post-fork prefork_apps:record_start``): note which worker
+    this process is, as ``get_worker_id()`` says at that moment."""
+    STARTED.append((server.get_worker_id(), os.getpid()))
+    logging.getLogger("minisoup.test").info("worker-started: worker %d pid %d",
+                                            server.get_worker_id(), os.getpid())
+
+
+def started(server):
+    """``whoami`` plus ``/started``: ``"ID PID|ID PID;..."``, this worker then what
+    ``record_start`` recorded in this process."""
+    whoami(server)
+    server.add_handler("/started", _started)
+
+
+def started_connected(server):
+    """``started``, with ``record_start`` connected by the app itself."""
+    started(server)
+    server.connect("worker-started", record_start)
+
+
+def _started(server, msg, path, query, user_data):
+    msg.set_status(200)
+    msg.set_response("text/plain", "%d %d|%s" % (server.get_worker_id(), os.getpid(),
+                                                 ";".join("%d %d" % s for s in STARTED)))

@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import minisoup  # noqa: E402
-from prefork_apps import BURST_MESSAGES  # noqa: E402
+from prefork_apps import BURST_MESSAGES, SPIN_S  # noqa: E402
 from serverproc import ClientLoop, MinisoupProcess, http_get  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc"),
@@ -165,6 +165,111 @@ def test_sighup_replaces_every_worker_without_refusing(server_process):
     assert proc.count_log(r"stopping worker \d \(pid \d+\) gracefully: replaced by") == 2
     assert proc.live_workers() == new
     proc.assert_no_zombies()
+
+
+def _worker_identities(port, workers):
+    """``{worker_id: pid}`` of the live workers, asked over /whoami until all are seen."""
+    seen = {}
+    deadline = time.monotonic() + 10
+    while len(set(seen.values())) < workers and time.monotonic() < deadline:
+        connections, ids, pids = whoami(port, 2 * workers)
+        close_all(connections)
+        for worker_id, pid in zip(ids, pids):
+            assert seen.setdefault(worker_id, pid) == pid or not _running(seen[worker_id]), \
+                "two live workers say they are worker %d: pids %d and %d" \
+                % (worker_id, seen[worker_id], pid)
+            seen[worker_id] = pid
+    return seen
+
+
+@pytest.mark.parametrize("gap_s", [0.01, 0.1, 0.3])
+def test_sighups_close_together_leave_n_workers_with_distinct_ids(server_process, gap_s):
+    # Issue 14 item 3: three SIGHUPs 10 ms apart left two live workers that both said
+    # get_worker_id() == 2 (a new SIGHUP rebuilt the plan while a replacement was in flight
+    # and matched the replacement to the wrong old worker).
+    workers = 3
+    proc = server_process(workers=workers)
+    old = proc.live_workers()
+    for _ in range(3):
+        proc.send(signal.SIGHUP)
+        time.sleep(gap_s)
+    # Settled: every worker forked before the last SIGHUP replaced (the replacements of
+    # the first SIGHUP too, when they were forked before the last one), and no change
+    # for a second.
+    new, since = None, time.monotonic()
+    deadline = since + 20
+    while time.monotonic() - since < 1.0:
+        assert time.monotonic() < deadline, "workers never settled; log:\n" + proc.log_text()
+        pids = proc.live_workers()
+        if pids != new:
+            new, since = pids, time.monotonic()
+        time.sleep(0.02)
+    assert len(new) == workers and not set(new) & set(old), (old, new)
+    identities = _worker_identities(proc.port, workers)
+    assert sorted(identities) == list(range(1, workers + 1)), identities
+    assert sorted(identities.values()) == new
+    # The master's own record agrees: each id booted last by a live pid.
+    booted = {}
+    for line in proc.log:
+        match = re.search(r"master: booted worker (\d+) \(pid (\d+)\)", line)
+        if match:
+            booted[int(match.group(1))] = int(match.group(2))
+    assert sorted(booted) == list(range(1, workers + 1)), booted
+    assert sorted(booted.values()) == new, (booted, new)
+    proc.assert_no_zombies()
+
+
+def _started_records(port, workers):
+    """``{pid: (worker_id, recorded)}`` from /started over held keep-alive connections
+    (the balancer spreads them) until every worker has answered."""
+    answers, clients = {}, []
+    try:
+        while len(answers) < workers and len(clients) < 10 * workers:
+            client = KeepAliveClient(port, timeout=5)
+            clients.append(client)
+            mine, _sep, recorded = client.get("/started").partition("|")
+            worker_id, pid = map(int, mine.split())
+            answers[pid] = (worker_id, [tuple(map(int, r.split())) for r in recorded.split(";")
+                                        if r])
+    finally:
+        for client in clients:
+            client.close()
+    return answers
+
+
+@pytest.mark.parametrize("how", ["signal", "cli"])
+def test_worker_started_runs_in_each_worker_after_the_fork(server_process, how):
+    # Issue 10 item 1: the app's post-fork hook. "signal": the app connects worker-started
+    # itself; "cli": --post-fork MODULE:FUNCTION connects it.
+    if how == "signal":
+        proc = server_process(app="prefork_apps:started_connected", workers=2)
+    else:
+        proc = server_process(app="prefork_apps:started", workers=2,
+                              args=["--post-fork", "prefork_apps:record_start"])
+    answers = _started_records(proc.port, 2)
+    assert sorted(answers) == proc.live_workers()
+    for pid, (worker_id, recorded) in answers.items():
+        # Once, in this worker, after the fork (not inherited from the master), with the
+        # worker's own id already set.
+        assert recorded == [(worker_id, pid)], answers
+    assert sorted(worker_id for worker_id, _r in answers.values()) == [1, 2]
+    # Before the worker serves: its hook's log line comes before its "ready" line.
+    for pid, (worker_id, _recorded) in answers.items():
+        lines = [i for i, line in enumerate(proc.log) if "pid %d]" % pid in line]
+        hook = [i for i in lines if "worker-started: worker %d" % worker_id in proc.log[i]]
+        ready = [i for i in lines if "worker %d ready" % worker_id in proc.log[i]]
+        assert hook and ready and hook[0] < ready[0]
+
+
+def test_failing_post_fork_hook_fails_the_worker_with_back_off(server_process):
+    proc = server_process(app="prefork_apps:started", workers=1, ready=0,
+                          args=["--post-fork", "prefork_apps:raises"])
+    proc.wait_log(r"waiting [\d.]+ s before forking again", timeout=5)
+    assert proc.count_log(r"worker 1 failed") >= 1
+    assert proc.count_log(r"this app is broken on purpose") >= 1
+    assert proc.count_log(r"worker \d ready") == 0
+    proc.send(signal.SIGTERM)
+    assert proc.wait_exit(5) == 0
 
 
 def test_crash_loop_backs_off(server_process):
@@ -320,6 +425,121 @@ def test_workers_leave_when_the_master_dies(server_process):
         assert time.monotonic() < deadline, "workers outlived their master: %s" % alive
         time.sleep(0.05)
     proc.wait_log(r"master \(pid %d\) is gone: stopping" % proc.pid)
+
+
+class KeepAliveClient:
+    """One HTTP/1.1 keep-alive connection: ``get(path)`` returns the body; kept open."""
+
+    def __init__(self, port, timeout):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self._buffer = b""
+
+    def send_get(self, path):
+        self.sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode("ascii"))
+
+    def read_response(self):
+        while b"\r\n\r\n" not in self._buffer:
+            self._fill()
+        head, _sep, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        while len(self._buffer) < length:
+            self._fill()
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return body.decode("utf-8")
+
+    def get(self, path):
+        self.send_get(path)
+        return self.read_response()
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by the server")
+        self._buffer += data
+
+    def close(self):
+        self.sock.close()
+
+
+HELD_CLIENTS = 10
+NEW_CLIENTS = 14
+NEW_CLIENT_TIMEOUT_S = 1.5  # short, so that a run of the old code fails quickly
+# Between new clients: long enough for the healthy worker to find the backlog empty and
+# pause again, so that each new client meets a paused worker afresh; 14 of them span the
+# first seconds of the stall, before and after the stuck worker's heartbeat goes stale.
+NEW_CLIENT_SPACING_S = 0.2
+
+
+@pytest.mark.parametrize("stall", ["sigstop", "busy_handler"])
+def test_new_connections_never_wait_for_a_worker_that_is_not_accepting(server_process, stall):
+    # Issue 14 item 1: a worker that stops serving (SIGSTOPped, or stuck in a CPU-bound
+    # handler) still counted in the balancer's mean; the healthy worker filled up to its
+    # limit and paused, and new connections waited in the backlog for the stuck one until
+    # the heartbeat killed it (worker_timeout, 30 s).
+    proc = server_process(app="prefork_apps:slow", workers=2)
+    held = []
+    stopped = None
+    try:
+        owners = []
+        for _ in range(HELD_CLIENTS):
+            client = KeepAliveClient(proc.port, timeout=5)
+            held.append(client)
+            owners.append(int(client.get("/worker").split()[3]))
+        assert len(set(owners)) == 2, owners  # both workers hold some of them
+        victim = owners[0]
+        if stall == "sigstop":
+            os.kill(victim, signal.SIGSTOP)
+            stopped = victim
+        else:
+            held[0].send_get("/spin")  # the worker holding it computes for SPIN_S seconds
+            time.sleep(0.2)
+        waits = []
+        started = time.monotonic()
+        for _ in range(NEW_CLIENTS):
+            time.sleep(NEW_CLIENT_SPACING_S)
+            begin = time.monotonic()
+            client = KeepAliveClient(proc.port, timeout=NEW_CLIENT_TIMEOUT_S)
+            held.append(client)
+            try:
+                body = client.get("/worker")
+            except socket.timeout:
+                pytest.fail("new connection %d waited more than %.1f s (waits so far: %s)"
+                            % (len(waits) + 1, NEW_CLIENT_TIMEOUT_S,
+                               ["%.3f" % w for w in waits]))
+            waits.append(time.monotonic() - begin)
+            assert int(body.split()[3]) != victim
+        assert time.monotonic() - started < SPIN_S, "the stall ended before the test did"
+        print("%s: %d new connections, max wait %.0f ms, mean %.0f ms"
+              % (stall, len(waits), 1000 * max(waits), 1000 * sum(waits) / len(waits)))
+        assert max(waits) < 1.0, waits
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        for client in held:
+            client.close()
+
+
+def test_loop_adopt_takes_the_pending_callbacks():
+    # What a worker's fresh loop does with the master's (callbacks scheduled before fork).
+    from minisoup.loop import Loop
+    old, new = Loop(), Loop()
+    ran = []
+    try:
+        old.call_soon(ran.append, "soon")
+        old.call_later(0.01, ran.append, "later")
+        old.call_later(0.0, ran.append, "cancelled").cancel()
+        new.adopt(old)
+        new.call_later(0.05, new.stop)
+        new.run()
+        assert ran == ["soon", "later"]
+        old.call_later(0.05, old.stop)  # the old loop kept nothing: none of them runs twice
+        old.run()
+        assert ran == ["soon", "later"]
+    finally:
+        old.close()
+        new.close()
 
 
 def _running(pid):
