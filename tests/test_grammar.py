@@ -73,3 +73,12 @@ def test_host_check_is_linear():
     for value in ("a" * 100000 + " ", "%41" * 30000 + "%", "[" + ":" * 50000):
         assert not is_host(value)
     assert time.process_time() - start < 0.5
+
+
+def test_modules_use_the_shared_rules():
+    # The handshake's own token regex ended in "$", which also matches before a final
+    # newline: a client subprotocol "chat\n" passed the check and reached the request.
+    from minisoup.handshake import client_request_headers
+    with pytest.raises(ValueError):
+        client_request_headers("h", "/", protocols=["chat\n"])
+    client_request_headers("h", "/", protocols=["chat", "v2.json"])
