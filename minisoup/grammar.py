@@ -70,6 +70,7 @@ def list_contains(value: Optional[str], token: str) -> bool:
 # is a reg-name too as far as the characters go. IP-literal = "[" IPv6address / IPvFuture "]".
 _UNRESERVED_SUB_DELIMS = r"A-Za-z0-9\-._~!$&'()*+,;="
 _HOST = re.compile(
+    r"(?!:)"                                    # no empty host before a port
     r"(?:[%s]*(?:%%[0-9A-Fa-f]{2}[%s]*)*"       # reg-name (and IPv4address)
     r"|\[(?:(?P<ipv6>[0-9A-Fa-f:.]+)"          # IPv6address, checked below
     r"|[vV][0-9A-Fa-f]+\.[%s:]+)\])"           # IPvFuture
@@ -86,8 +87,10 @@ def is_host(value: str) -> bool:
     the host alone (":80"): an "http" URI has none such (RFC 9110 §4.2.1).
     """
     match = _HOST.fullmatch(value)
-    if match is None or value[:1] == ":":
+    if match is None:
         return False
+    if "[" not in value:
+        return True  # hot path: a name or an IPv4 address
     ipv6 = match.group("ipv6")
     if ipv6 is not None:
         try:

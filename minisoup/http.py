@@ -5,7 +5,9 @@ request heads and bodies; :func:`build_response_head` and :func:`chunk` turn a
 response into bytes. Parsing is strict on purpose (request smuggling): lines must
 end in CRLF, header names must be tokens, obs-fold is refused, and a request with
 both ``Content-Length`` and ``Transfer-Encoding``, several ``Content-Length``
-fields, or a transfer coding other than a final ``chunked`` is refused with 400.
+fields, a transfer coding other than a final ``chunked``, or a ``Host`` that is not
+``host[:port]`` is refused with 400. The grammar rules (token, control characters,
+comma lists, Host) come from :mod:`minisoup.grammar`.
 """
 
 import enum
@@ -15,7 +17,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .grammar import CTL_EXCEPT_HTAB, HEAD_CTL_BYTES, TCHAR, TOKEN_BYTES, is_host, list_contains, split_list
+from .grammar import (CTL_EXCEPT_HTAB, HEAD_CTL_BYTES, TCHAR, TOKEN_BYTES, is_host, list_contains,
+                      split_list)
 
 __all__ = [
     "Encoding", "HTTPError", "MessageHeaders", "Request", "RequestParser",
@@ -33,9 +36,12 @@ MAX_EMPTY_LINES = 2
 SUPPORTED_VERSIONS = ("HTTP/1.1", "HTTP/1.0")
 
 _is_token = TOKEN_BYTES.fullmatch
+# Hot path: the usual methods and the supported versions are looked up, not matched and
+# decoded (this pays for the Host check).
+_KNOWN_METHODS = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE",
+                                                 "OPTIONS", "PATCH", "CONNECT", "TRACE")}
+_SUPPORTED_VERSIONS = {v.encode("ascii"): v for v in SUPPORTED_VERSIONS}
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
-# Control characters other than HTAB, CR and LF have no place anywhere in a request head.
-_BAD_HEAD_CHAR = HEAD_CTL_BYTES
 # A header line that does not start with "token:" (obs-fold, space before the colon, ...).
 _BAD_HEADER_START = re.compile(rb"\r\n(?![%s]+:)" % TCHAR.encode("ascii"))
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
@@ -191,6 +197,10 @@ class MessageHeaders:
         value = self.get_one("Content-Type")
         return value.split(";", 1)[0].strip().lower() if value else None
 
+    def format_fields(self) -> List[str]:
+        """The fields as ``"Name: value"`` lines, in order (without line ends)."""
+        return ["%s: %s" % item for item in self._items]
+
     def items(self) -> List[Tuple[str, str]]:
         """A copy of the (name, value) pairs in order."""
         return list(self._items)
@@ -232,7 +242,12 @@ class Request:
         self.version = version
         self.headers = headers
         conn = headers.get_list("Connection")
-        tokens = split_list(conn.lower()) if conn else ()
+        if not conn:
+            tokens = ()  # type: Any
+        elif "," in conn:
+            tokens = split_list(conn.lower())
+        else:
+            tokens = (conn.lower(),)  # hot path: one token, already without OWS
         if version == "HTTP/1.1":
             self.keep_alive = "close" not in tokens
         else:
@@ -249,18 +264,22 @@ def _parse_head(block: bytes, max_body_size: int) -> Request:
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise HTTPError(400, "Malformed request line")
     method, target, version = parts
-    if not _is_token(method):
-        raise HTTPError(400, "Malformed request method")
+    method_s = _KNOWN_METHODS.get(method)
+    if method_s is None:
+        if not _is_token(method):
+            raise HTTPError(400, "Malformed request method")
+        method_s = method.decode("ascii")
     if not _TARGET.match(target):
         raise HTTPError(400, "Malformed request target")
-    if not _VERSION.match(version):
-        raise HTTPError(400, "Malformed HTTP version")
-    version_s = version.decode("ascii")
-    if version_s not in SUPPORTED_VERSIONS:
+    version_s = _SUPPORTED_VERSIONS.get(version)
+    if version_s is None:
+        if not _VERSION.match(version):
+            raise HTTPError(400, "Malformed HTTP version")
         raise HTTPError(505, "HTTP version not supported")
     # Hot path: one regex pass over the whole block checks every line's shape and every
     # character; the line-by-line loop below only runs to name what is wrong.
-    if _BAD_HEAD_CHAR.search(block):
+    # Control characters other than HTAB, CR and LF have no place anywhere in a request head.
+    if HEAD_CTL_BYTES.search(block):
         raise HTTPError(400, "Invalid character in the request head")
     if _BAD_HEADER_START.search(block):
         for line in lines[1:]:
@@ -272,19 +291,35 @@ def _parse_head(block: bytes, max_body_size: int) -> Request:
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         add(name.decode("ascii"), value.strip(b" \t").decode("latin-1"))
-    req = Request(method.decode("ascii"), target.decode("ascii"), version_s, headers)
+    req = Request(method_s, target.decode("ascii"), version_s, headers)
     hosts = headers.get_all("Host")
     if len(hosts) > 1:
         # RFC 9112 §3.2: which one would a proxy in front of us have used?
         raise HTTPError(400, "More than one Host header")
     if hosts:
-        if not is_host(hosts[0]):
-            # RFC 9112 §3.2: an invalid Host value is a 400 too ("a, b", "a b/c@d", "u@h").
-            raise HTTPError(400, "Invalid Host header")
+        host = hosts[0]
+        if host not in _valid_hosts:
+            if not is_host(host):
+                # RFC 9112 §3.2: an invalid Host value is a 400 too ("a, b", "a b/c@d").
+                raise HTTPError(400, "Invalid Host header")
+            _remember_host(host)
     elif version_s == "HTTP/1.1":
         raise HTTPError(400, "Missing Host header")
     _frame_body(req, max_body_size)
     return req
+
+
+# Hot path: a server sees the same few Host values request after request, so the last
+# valid ones are remembered (a set lookup instead of a regex match), at most
+# VALID_HOSTS_CACHED of them (a client sending a new Host each time only refills it).
+VALID_HOSTS_CACHED = 64
+_valid_hosts = set()  # type: set
+
+
+def _remember_host(host: str) -> None:
+    if len(_valid_hosts) >= VALID_HOSTS_CACHED:
+        _valid_hosts.clear()
+    _valid_hosts.add(host)
 
 
 def _frame_body(req: Request, max_body_size: int) -> None:
@@ -569,8 +604,8 @@ def http_date(now: Optional[float] = None) -> str:
 def build_response_head(version: str, status: int, reason: str,
                         headers: MessageHeaders) -> bytes:
     """Serialize a status line and header block (ending with the blank line)."""
-    lines = ["%s %d %s" % (version, status, reason)]
-    lines.extend("%s: %s" % item for item in headers.items())
+    lines = headers.format_fields()
+    lines.insert(0, "%s %d %s" % (version, status, reason))
     lines.append("\r\n")
     return "\r\n".join(lines).encode("latin-1")
 
@@ -594,7 +629,7 @@ def split_target(target: str) -> Tuple[str, Optional[str], str]:
     """``(path, query, host)`` of a request target, undecoded: ``query`` is ``None``
     without a ``?``, ``host`` is "" unless the target was in absolute form."""
     host = ""
-    if _is_absolute(target):
+    if target[:1] != "/" and _is_absolute(target):
         rest = target.split("://", 1)[1]
         # The authority ends at the first "/", "?" or "#" (RFC 3986 §3.2): "http://h?a=b"
         # is host "h", path "/", query "a=b".
@@ -640,8 +675,9 @@ def remove_dot_segments(path: str) -> str:
 def decode_path(path: str) -> str:
     """A request path as libsoup's handlers see it (see above).
 
-    Raises HTTPError 400 for a ``%`` not followed by two hex digits, for ``%00``, and
-    for bytes that are not UTF-8 once decoded.
+    Raises HTTPError 400 for a ``%`` not followed by two hex digits, for ``%00``, for
+    bytes that are not UTF-8 once decoded, and for a ``..`` segment that decoding made
+    (``/x/..%2Fadmin``), as libsoup does.
     """
     if "%" in path:
         if _BAD_ESCAPE.search(path):
@@ -670,7 +706,8 @@ def parse_target(method: str, target: str) -> Tuple[str, Optional[str], str]:
     decoded (:func:`decode_path`), ``query`` raw (None without ``?``; see :func:`parse_query`).
 
     Raises HTTPError 400 for a target that is none of RFC 9112's forms: an absolute path,
-    an absolute URI, ``*`` (OPTIONS only) or ``host:port`` (CONNECT only).
+    an absolute URI (``http`` or ``https``, its authority a non-empty ``host[:port]``: no
+    userinfo), ``*`` (OPTIONS only) or ``host:port`` (CONNECT only).
     """
     if target == "*":
         if method != "OPTIONS":

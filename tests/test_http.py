@@ -407,3 +407,13 @@ def test_header_contains_uses_ows_only():
     h = MessageHeaders([("Connection", "keep-alive, ,Upgrade\t"), ("Upgrade", "websocket\xa0")])
     assert h.header_contains("Connection", "upgrade")
     assert not h.header_contains("Upgrade", "websocket")     # NBSP is not whitespace in HTTP
+
+
+def test_the_valid_host_cache_is_bounded_and_holds_only_valid_hosts():
+    from minisoup import http
+    for i in range(3 * http.VALID_HOSTS_CACHED):
+        parse(b"GET / HTTP/1.1\r\nHost: h%d.example\r\n\r\n" % i)
+        assert len(http._valid_hosts) <= http.VALID_HOSTS_CACHED
+    for _ in range(2):
+        assert status_of(b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n") == 400
+    assert "a, b" not in http._valid_hosts
