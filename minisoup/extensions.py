@@ -16,6 +16,8 @@ Protocol module: no sockets, no I/O. The connection drives the per-message trans
 import re
 from typing import List, Optional, Sequence, Tuple, Type
 
+from .grammar import TOKEN
+
 __all__ = [
     "ExtensionParams",
     "WebsocketExtension",
@@ -31,9 +33,8 @@ __all__ = [
 #: parameter was given without ``=``.
 ExtensionParams = List[Tuple[str, Optional[str]]]
 
-# RFC 7230 §3.2.6: token = 1*tchar. Extension names, parameter names and (after
-# unquoting) parameter values are all tokens (RFC 6455 §9.1).
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Extension names, parameter names and (after unquoting) parameter values are all
+# tokens (RFC 6455 §9.1): grammar.TOKEN.
 # quoted-string = DQUOTE *( qdtext / quoted-pair ) DQUOTE, with qdtext and the escaped
 # character limited to HTAB, SP and visible ASCII / obs-text (no other controls).
 _QUOTED_RE = re.compile(r'"((?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*)"')
@@ -54,7 +55,7 @@ def _skip_ows(value: str, pos: int) -> int:
 
 
 def _read_token(value: str, pos: int, what: str) -> Tuple[str, int]:
-    match = _TOKEN_RE.match(value, pos)
+    match = TOKEN.match(value, pos)
     if match is None:
         raise ValueError("expected %s at offset %d in %r" % (what, pos, value))
     return match.group(), match.end()
@@ -67,7 +68,7 @@ def _read_param_value(value: str, pos: int) -> Tuple[str, int]:
             raise ValueError("unterminated or invalid quoted-string at offset %d in %r" % (pos, value))
         unquoted = _QUOTED_PAIR_RE.sub(r"\1", match.group(1))
         # RFC 6455 §9.1: a quoted value must still be a token once unescaped.
-        if _TOKEN_RE.fullmatch(unquoted) is None:
+        if TOKEN.fullmatch(unquoted) is None:
             raise ValueError("quoted parameter value %r is not a token" % unquoted)
         return unquoted, match.end()
     return _read_token(value, pos, "a parameter value")
@@ -127,7 +128,7 @@ def format_params(params: ExtensionParams) -> str:
     for key, param_value in params:
         if param_value is None:
             parts.append(key)
-        elif _TOKEN_RE.fullmatch(param_value):
+        elif TOKEN.fullmatch(param_value):
             parts.append("%s=%s" % (key, param_value))
         else:
             escaped = param_value.replace("\\", "\\\\").replace('"', '\\"')

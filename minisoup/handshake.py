@@ -13,12 +13,12 @@ Headers arrive as any object with ``get_one(name)`` (last value) and
 import base64
 import binascii
 import hashlib
-import re
 import secrets
 from http import HTTPStatus
 from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from .errors import Error
+from .grammar import CTL, is_token, list_contains, split_list
 
 __all__ = [
     "WEBSOCKET_GUID", "WEBSOCKET_VERSION", "KEY_SIZE",
@@ -32,12 +32,6 @@ KEY_SIZE = 16  # bytes of randomness in Sec-WebSocket-Key
 
 UPGRADE_TOKEN = "websocket"
 CONNECTION_TOKEN = "upgrade"
-
-# RFC 7230 token characters: what a subprotocol name may be made of.
-_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-# Characters that would let a caller's value break out of a header line or
-# the request line.
-_UNSAFE_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 Header = Tuple[str, str]
 
@@ -90,16 +84,9 @@ def compute_accept(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def _tokens(value: Optional[str]) -> List[str]:
-    """The non-empty, stripped elements of a comma-separated header value."""
-    if value is None:
-        return []
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
 def _has_token(headers: HeadersLike, name: str, token: str) -> bool:
     """Whether header ``name`` lists ``token`` (compared case-insensitively)."""
-    return token in (item.lower() for item in _tokens(headers.get_list(name)))
+    return list_contains(headers.get_list(name), token)
 
 
 def _repeated(headers: HeadersLike, name: str) -> bool:
@@ -187,7 +174,7 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
     if protocols is not None:
         offered_value = headers.get_list("Sec-WebSocket-Protocol")
         if offered_value is not None:
-            offered = _tokens(offered_value)
+            offered = split_list(offered_value)
             protocol = next((p for p in protocols if p in offered), None)
             if protocol is None:
                 raise _bad_request("Unsupported WebSocket subprotocol: none of %s offered"
@@ -211,7 +198,9 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
 
 
 def _check_header_value(what: str, value: str) -> None:
-    if _UNSAFE_RE.search(value):
+    # A control character would let a caller's value break out of a header line or the
+    # request line.
+    if CTL.search(value):
         raise ValueError("%s contains control characters: %r" % (what, value))
 
 
@@ -244,7 +233,7 @@ def client_request_headers(host: str, path: str, origin: Optional[str] = None,
         headers.append(("Origin", origin))
     if protocols:
         for protocol in protocols:
-            if not _TOKEN_RE.match(protocol):
+            if not is_token(protocol):  # what a subprotocol name may be made of
                 raise ValueError("invalid subprotocol name %r" % protocol)
         headers.append(("Sec-WebSocket-Protocol", ", ".join(protocols)))
     if extension_types:

@@ -23,6 +23,7 @@ from minisoup.deflate import _parse_params
 from minisoup.extensions import WebsocketExtension, negotiate_server, parse_extension_header
 from minisoup.frames import (RSV1, RSV2, RSV3, FrameParser, ProtocolError, Utf8Validator,
                              build_frame, parse_close_payload)
+from minisoup.grammar import is_host, split_list
 from minisoup.handshake import (HandshakeError, HandshakeResult, compute_accept,
                                 server_handshake)
 from minisoup.http import HTTPError, MessageHeaders, RequestParser
@@ -86,7 +87,8 @@ CL_SHAPES = ["5", "0", "05", "-5", "+5", "0x5", "5 ", " 5", "5, 5", "5,5", "", "
              "\u0665"]
 TE_SHAPES = ["chunked", "Chunked", "CHUNKED", "chunked, identity", "identity, chunked",
              "gzip, chunked", "xchunked", "chunkedx", "chunked ,", ", chunked", "", " chunked",
-             "chunked;q=1", "identity", "chunked, chunked"]
+             "chunked;q=1", "identity", "chunked, chunked", ",chunked", "chunked,,", " , ",
+             ", identity", "chunked, ,identity"]
 
 
 def random_chunked_body(rng):
@@ -204,6 +206,10 @@ def check_request(req):
         assert cl[0].isascii() and cl[0].isdigit() and int(cl[0]) == req.content_length
     if req.version == "HTTP/1.1":
         assert len(req.headers.get_all("Host")) == 1
+    for host in req.headers.get_all("Host"):
+        assert is_host(host), host                      # uri-host [":" port] (issue 14)
+    if req.chunked:
+        assert split_list(",".join(te).lower())[-1] == "chunked"
 
 
 def http_inputs(rng, n):

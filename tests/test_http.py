@@ -231,3 +231,189 @@ def test_loggable_paths_cannot_forge_log_lines():
     assert quote_path("/n\nGET /forged HTTP/1.1") == "/n%0AGET%20/forged%20HTTP/1.1"
     assert quote_path('/a"b\\c\u00e9') == "/a%22b%5Cc%C3%A9"
     assert quote_path("/plain/path?x=1") == "/plain/path?x=1"
+
+
+# -- issue 14: hostile inputs -------------------------------------------------------------
+
+def test_leading_empty_lines_cost_linear_time_and_more_than_two_are_400():
+    # Regression (issue 14, item 2): each leading CRLF was stripped with buf = buf[2:], so
+    # 1 MB of them cost 1.7 s of CPU (4 MB: 7.7 s), the worker's other clients waiting.
+    import time
+    parser = RequestParser()
+    parser.feed(b"\r\n" * 500000)                   # 1 MB
+    start = time.process_time()
+    with pytest.raises(HTTPError) as info:
+        parser.read_head()
+    spent = time.process_time() - start
+    assert info.value.status == 400
+    assert spent < 0.05, spent
+    # One or two are tolerated (RFC 9112 §2.2; libsoup 3 allows two as well), whole or
+    # trickled, before the first request and between pipelined ones.
+    get = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    for data in (b"\r\n" + get, b"\r\n\r\n" + get, get + b"\r\n\r\n" + get):
+        for step in (len(data), 1):
+            parser = RequestParser()
+            heads = 0
+            for i in range(0, len(data), step):
+                parser.feed(data[i:i + step])
+                while parser.read_head() is not None:
+                    assert parser.read_body() == b""
+                    heads += 1
+            assert heads == data.count(b"GET")
+    assert status_of(b"\r\n\r\n\r\n" + get) == 400
+    parser = RequestParser()
+    parser.feed(get + b"\r\n\r\n\r\n" + get)
+    assert parser.read_head() is not None and parser.read_body() == b""
+    with pytest.raises(HTTPError):
+        parser.read_head()
+
+
+@pytest.mark.parametrize("target", [
+    "/x/..%2Fadmin", "/public%2F..%2Fadmin", "/admin%2f..%2f", "/x/%2e%2e%2fadmin", "/..%2F",
+    "/%2F..", "/x%2F..", "/x/%2F..%2F",
+])
+def test_dot_dot_made_by_decoding_slash_is_400(target):
+    # Regression (issue 14, item 4): "/x/..%2Fadmin" reached the default handler as
+    # "/x/../admin" (dot segments are removed before %2F is decoded). libsoup: 400.
+    assert status_of(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n") == 400
+
+
+@pytest.mark.parametrize("target, path", [
+    ("/x/.%2Fadmin", "/x/./admin"), ("/x%2F..y", "/x/..y"), ("/x/...%2Fa", "/x/.../a"),
+    ("/x%2F.", "/x/."), ("/x/a.%2Fb", "/x/a./b"),
+])
+def test_other_segments_made_by_decoding_slash_are_kept_as_libsoup(target, path):
+    req = parse(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n")[1]
+    assert req.path == path
+
+
+VALID_HOSTS = ["h", "example.com:8080", "", "h:", "1.2.3.4:80", "[::1]", "[::1]:8080",
+               "[2001:db8::7]", "[v1.fe:x]", "a%20b", "a_b.example", "xn--e-9fa.example", "a,b",
+               "h:99999"]
+INVALID_HOSTS = [b"a, b", b"a b/c@d", b"user@h", b"h/p", b"h?q", b"h#f", b"h:x", b"h:80:80",
+                 b"::1", b"[::1", b"[::1]x", b"[1::2::3]", b"[]", b"[v.x]", b"a%zz", b"a\tb",
+                 b"\xc3\xa9.example", b"h\\x", b":80"]
+
+
+@pytest.mark.parametrize("host", VALID_HOSTS)
+def test_valid_host_values_are_accepted(host):
+    req = parse(b"GET / HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n")[1]
+    assert req.headers.get_one("Host") == host
+
+
+@pytest.mark.parametrize("host", INVALID_HOSTS)
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_invalid_host_values_are_400(host, version):
+    # Regression (issue 14, item 5): "Host: a, b" and "Host: a b/c@d" got 200. RFC 9112
+    # §3.2: a Host field with an invalid value is a 400, whatever the version.
+    assert status_of(b"GET / " + version + b"\r\nHost: " + host + b"\r\n\r\n") == 400
+
+
+def _chunked(body, **kw):
+    return parse(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + body, **kw)
+
+
+def test_trailer_section_counts_against_max_header_size():
+    # Regression (issue 14, item 8): 100,000 trailer lines (1.1 MB) were read and answered.
+    trailers = b"X-T: 1\r\n" * 100000
+    with pytest.raises(HTTPError) as info:
+        _chunked(b"0\r\n" + trailers + b"\r\n")
+    assert info.value.status == 431
+    # What fits is still accepted: 8,000 lines of 8 bytes is under the 64 KiB default.
+    assert _chunked(b"0\r\n" + trailers[:64000] + b"\r\n")[2] == b""
+    with pytest.raises(HTTPError) as info:
+        _chunked(b"0\r\n" + trailers[:1024] + b"\r\n", max_header_size=1023)
+    assert info.value.status == 431
+
+
+def test_chunk_extensions_count_against_max_header_size():
+    # Regression (issue 14, item 8): each chunk line may carry up to max_header_size of
+    # extensions; a body of many chunks could so send extensions without end.
+    ext = b";e=" + b"x" * 997                      # 1000 bytes of extension per chunk
+    body = (b"1" + ext + b"\r\na\r\n") * 100 + b"0\r\n\r\n"
+    assert _chunked(body, max_header_size=100 * 1000)[2] == b"a" * 100
+    with pytest.raises(HTTPError) as info:
+        _chunked(body, max_header_size=100 * 1000 - 1)
+    assert info.value.status == 431
+    # Extensions and trailers share the one budget.
+    with pytest.raises(HTTPError) as info:
+        _chunked(b"1" + ext + b"\r\na\r\n0\r\nX: " + b"t" * 50 + b"\r\n\r\n", max_header_size=1050)
+    assert info.value.status == 431
+
+
+def test_chunk_metadata_budget_is_per_request():
+    p = RequestParser(max_header_size=200)
+    one = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"1;" + b"e" * 100 + b"\r\na\r\n0\r\nX: " + b"t" * 50 + b"\r\n\r\n")
+    p.feed(one * 3)
+    for _ in range(3):
+        assert p.read_head() is not None and p.read_body() == b"a"
+
+
+@pytest.mark.parametrize("target, path, query, host", [
+    ("http://h?a=b", "/", "a=b", "h"),
+    ("http://h:8?a=b", "/", "a=b", "h:8"),
+    ("http://h", "/", None, "h"),
+    ("http://h#f", "/", None, "h"),
+    ("http://h/p?q=1", "/p", "q=1", "h"),
+    ("https://[::1]:8/p", "/p", None, "[::1]:8"),
+    ("HTTP://h/p", "/p", None, "h"),
+])
+def test_absolute_form_authority_ends_at_slash_query_or_fragment(target, path, query, host):
+    # Regression (issue 14, item 12): "GET http://h?a=b" gave host "h?a=b" and no query.
+    req = parse(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")[1]
+    assert (req.path, req.query, req.host) == (path, query, host)
+    assert split_target(target)[1:] == (query, host)
+
+
+@pytest.mark.parametrize("target", ["http:///p", "http://u@h/p", "http://h:x/p", "http://:80/p",
+                                    "http://a%zz/p", "http://[::1/p"])
+def test_invalid_absolute_form_authority_is_400(target):
+    # RFC 9110 §4.2.1 (an empty host is invalid), §4.2.4 (userinfo is an error); the
+    # authority replaces Host (RFC 9112 §3.2.2), so it obeys the same rule.
+    assert status_of(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n") == 400
+
+
+@pytest.mark.parametrize("value", [",chunked", "chunked,", "chunked, ", " , ,chunked", "Chunked ,,"])
+def test_empty_transfer_coding_elements_are_ignored(value):
+    # Regression (issue 14, item 13): ",chunked" got 501. RFC 9110 §5.6.1: empty list
+    # elements are ignored.
+    _, req, body = parse(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + value.encode()
+                         + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert req.chunked and body == b"abc"
+
+
+@pytest.mark.parametrize("fields, status", [
+    ([b""], 400), ([b","], 400), ([b" , "], 400), ([b"chunked", b","], 400),
+    ([b",", b"chunked"], 400), ([b"chunked,identity"], 400), ([b"gzip,,chunked"], 501),
+])
+def test_transfer_encoding_without_a_coding_is_still_refused(fields, status):
+    head = b"POST / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"Transfer-Encoding: " + f + b"\r\n"
+                                                       for f in fields)
+    assert status_of(head + b"\r\n0\r\n\r\n") == status
+
+
+def test_message_headers_named_unchecked_methods():
+    h = MessageHeaders()
+    h.append_unchecked("X-A", "1")
+    h.append_unchecked("x-a", "2")
+    h.replace_unchecked("Connection", "close")
+    assert h.get_list("X-A") == "1, 2" and h.get_one("connection") == "close"
+    h.replace_unchecked("X-A", "3")
+    assert h.items() == [("Connection", "close"), ("X-A", "3")]
+
+
+def test_header_contains_uses_ows_only():
+    h = MessageHeaders([("Connection", "keep-alive, ,Upgrade\t"), ("Upgrade", "websocket\xa0")])
+    assert h.header_contains("Connection", "upgrade")
+    assert not h.header_contains("Upgrade", "websocket")     # NBSP is not whitespace in HTTP
+
+
+def test_the_valid_host_cache_is_bounded_and_holds_only_valid_hosts():
+    from minisoup import http
+    for i in range(3 * http.VALID_HOSTS_CACHED):
+        parse(b"GET / HTTP/1.1\r\nHost: h%d.example\r\n\r\n" % i)
+        assert len(http._valid_hosts) <= http.VALID_HOSTS_CACHED
+    for _ in range(2):
+        assert status_of(b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n") == 400
+    assert "a, b" not in http._valid_hosts

@@ -566,6 +566,18 @@ SMUGGLING = {
     "NUL in a value": (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
     "non-token name": (b"GET / HTTP/1.1\r\nHost: a\r\nX[1]: a\r\n\r\n", 400),
     "two spaces in the request line": (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    # Empty list elements are ignored now (",chunked" is chunked: issue 14, item 13), but a
+    # Transfer-Encoding field with no coding at all is still refused, alone or beside one.
+    "TE with no coding": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n"
+                          + SMUGGLED, 400),
+    "TE empty": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n" + SMUGGLED, 400),
+    "TE chunked, then an empty field": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                                        b"Transfer-Encoding: ,\r\n\r\n0\r\n\r\n" + SMUGGLED, 400),
+    "TE chunked, identity with empty elements": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                                                 b",chunked,,identity,\r\n\r\n0\r\n\r\n", 400),
+    # Host confusion (issue 14, item 5): a list or a URI in Host is not one host.
+    "Host list": (b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", 400),
+    "Host with userinfo and path": (b"GET / HTTP/1.1\r\nHost: a b/c@d\r\n\r\n", 400),
 }
 
 
@@ -971,3 +983,80 @@ def test_a_trickled_chunk_line_costs_the_same_per_byte_however_much_is_buffered(
     # from their start on every read: 44 µs per 1-byte packet with 60 KB buffered, 21x the
     # cost with 1 KB buffered.
     assert _trickle_chunk_line_seconds(60000, where) / _trickle_chunk_line_seconds(1000, where) < 8
+
+
+# ---------------------------------------------------------------------------------------
+# issue 14: leading empty lines, trailer and chunk-extension floods
+# ---------------------------------------------------------------------------------------
+
+def _crlf_flood_cpu_seconds(megabytes):
+    from minisoup.http import HTTPError, RequestParser
+    parser = RequestParser()
+    parser.feed(b"\r\n" * (megabytes * 500000))
+    start = time.process_time()
+    with pytest.raises(HTTPError) as info:
+        parser.read_head()
+    assert info.value.status == 400
+    return time.process_time() - start
+
+
+def test_a_flood_of_empty_lines_costs_no_cpu():
+    # Regression (issue 14, item 2): leading CRLFs were stripped one slice at a time and
+    # counted toward no limit: 1 MB cost 1.7 s of CPU, 4 MB 7.7 s.
+    one, four = _crlf_flood_cpu_seconds(1), _crlf_flood_cpu_seconds(4)
+    print("CRLF flood: 1 MB %.6f s, 4 MB %.6f s of CPU" % (one, four))
+    assert one < 0.01 and four < 0.01, (one, four)
+
+
+def _flood(port, data):
+    """Send ``data`` from a thread while reading the answer; (answer, seconds to EOF)."""
+    sock = raw_connect(port)
+
+    def send():
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass                      # the server answered and closed before reading it all
+
+    sender = threading.Thread(target=send, daemon=True)
+    start = time.monotonic()
+    sender.start()
+    try:
+        reply = recv_until_closed(sock, timeout=10)
+        elapsed = time.monotonic() - start
+    finally:
+        sock.close()
+        sender.join(10)
+    return reply, elapsed
+
+
+FLOODS = {
+    "1 MB of CRLFs": (b"\r\n" * 500000 + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "100,000 trailer lines": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"0\r\n" + b"X-T: 1\r\n" * 100000 + b"\r\n", 431),
+    "1,000 chunks with 1 KB of extensions each": (
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"1;e=" + b"x" * 1000 + b"\r\na\r\n") * 1000 + b"0\r\n\r\n", 431),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOODS))
+def test_floods_are_refused_and_other_clients_keep_being_served(counting_server, name):
+    # Regression (issue 14, items 2 and 8): the server answered 200 to all three.
+    port, paths = counting_server
+    data, status = FLOODS[name]
+    del paths[:]
+    reply, elapsed = _flood(port, data)
+    print("%s: %d after %.3f s" % (name, int(reply.split(b" ", 2)[1]) if reply else 0, elapsed))
+    assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:100]
+    assert reply.count(b"HTTP/1.") == 1
+    assert paths == []
+    start = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/after")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert time.monotonic() - start < 1.0
+    assert paths == ["/after"]

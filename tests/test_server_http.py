@@ -559,3 +559,89 @@ def test_listen_local_covers_ipv4_and_ipv6_loopback_on_one_port():
             conn.request("GET", "/")
             assert conn.getresponse().read() == b"both"
             conn.close()
+
+
+# -- issue 14: hostile inputs over real sockets ------------------------------------------
+
+def test_dot_dot_made_by_decoding_slash_cannot_slip_past_a_guarded_path():
+    # Regression (issue 14, item 4): "/x/..%2Fadmin" reached the default handler with
+    # path "/x/../admin" (dot segments were removed before %2F was decoded). libsoup 3
+    # answers 400 to it, as to "/public%2F..%2Fadmin" and "/admin%2f..%2f".
+    reached = []
+
+    def default(server_, msg, path, query, ud):
+        reached.append(path)
+        msg.set_response("text/plain", "public")
+        msg.set_status(200)
+
+    server = minisoup.Server()
+    server.add_early_handler("/admin", lambda s_, msg, path, q, ud: msg.set_status(401))
+    server.add_handler("/admin", text_handler("secret"))
+    server.add_handler(None, default)
+    with running(server) as port:
+        for target in (b"/x/..%2Fadmin", b"/public%2F..%2Fadmin", b"/admin%2f..%2f",
+                       b"/x/%2e%2e%2fadmin", b"/x/..%2fadmin/y"):
+            status, body = raw_status(port, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert status == 400, target
+        assert raw_status(port, b"GET /x/.%2Fadmin HTTP/1.1\r\nHost: h\r\n"
+                          b"Connection: close\r\n\r\n") == (200, b"public")
+    assert reached == ["/x/./admin"]
+
+
+def test_invalid_host_is_400_and_valid_ones_are_served():
+    # Regression (issue 14, item 5): "Host: a, b" and "Host: a b/c@d" got 200.
+    hosts = []
+
+    def handler(server_, msg, path, query, ud):
+        hosts.append(msg.get_uri().netloc)
+        msg.set_response("text/plain", "ok")
+        msg.set_status(200)
+
+    server = minisoup.Server()
+    server.add_handler(None, handler)
+    with running(server) as port:
+        for host in (b"a, b", b"a b/c@d", b"user@h", b"h/x", b"h:port", b"[::1"):
+            status, _ = raw_status(port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert status == 400, host
+        for host in (b"h", b"h:8080", b"[::1]:8080", b"127.0.0.1", b""):
+            status, _ = raw_status(port, b"GET / HTTP/1.1\r\nHost: " + host
+                                   + b"\r\nConnection: close\r\n\r\n")
+            assert status == 200, host
+    assert hosts == ["h", "h:8080", "[::1]:8080", "127.0.0.1", ""]
+
+
+def test_absolute_form_with_a_query_and_no_path():
+    # Regression (issue 14, item 12): "GET http://h?a=b" gave host "h?a=b" and no query.
+    seen = []
+
+    def handler(server_, msg, path, query, ud):
+        seen.append((path, query, msg.get_uri().netloc, msg.get_uri().query))
+        msg.set_response("text/plain", "ok")
+        msg.set_status(200)
+
+    server = minisoup.Server()
+    server.add_handler(None, handler)
+    with running(server) as port:
+        status, _ = raw_status(port, b"GET http://h?a=b HTTP/1.1\r\nHost: x\r\n"
+                               b"Connection: close\r\n\r\n")
+        assert status == 200
+    assert seen == [("/", {"a": "b"}, "h", "a=b")]
+
+
+def test_empty_transfer_coding_elements_are_ignored_over_a_socket():
+    # Regression (issue 14, item 13): ",chunked" got 501 (RFC 9110 §5.6.1).
+    bodies = []
+
+    def handler(server_, msg, path, query, ud):
+        bodies.append(bytes(msg.get_request_body()))
+        msg.set_response("text/plain", "ok")
+        msg.set_status(200)
+
+    server = minisoup.Server()
+    server.add_handler(None, handler)
+    with running(server) as port:
+        for value in (b",chunked", b"chunked,", b" , chunked , "):
+            status, _ = raw_status(port, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + value
+                                   + b"\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            assert status == 200, value
+    assert bodies == [b"abc"] * 3
