@@ -78,7 +78,7 @@ class Cookie:
         self._value = _check("value", value)
         self._domain = _check("domain", domain, optional=True)
         self._path = _check("path", path, optional=True)
-        self._expires = None  # type: Optional[datetime.datetime]
+        self._expires: Optional[datetime.datetime] = None
         self._secure = False
         self._http_only = False
         self._same_site_policy = SameSitePolicy.LAX
@@ -241,7 +241,7 @@ def cookies_from_request(msg: Any) -> List[Cookie]:
     values = [value for value in values if value]
     if not values:
         return []
-    cookies = []  # type: List[Cookie]
+    cookies: List[Cookie] = []
     seen = set()
     for name, value, _ in parse_param_items("; ".join(values), ";", rfc8187=False):
         if value is None or name in seen:

@@ -70,7 +70,7 @@ def _parse_params(params: ExtensionParams, is_offer: bool) -> Dict[str, Optional
     ``ValueError`` on an unknown or repeated parameter, a value on a flag, or a missing or
     out-of-range window size.
     """
-    parsed = {}  # type: Dict[str, Optional[int]]
+    parsed: Dict[str, Optional[int]] = {}
     for key, value in params:
         if key in parsed:
             raise ValueError("duplicate parameter %r" % key)
@@ -142,13 +142,13 @@ class WebsocketExtensionDeflate(WebsocketExtension):
     name = EXTENSION_NAME
     rsv_bits = RSV1
 
-    compress_threshold = 64  # type: int
-    compress_level = zlib.Z_DEFAULT_COMPRESSION  # type: int
-    mem_level = 5  # type: int
-    max_window_bits = 12  # type: int
-    force_no_context_takeover = False  # type: bool
-    peer_max_window_bits = 12  # type: int
-    peer_no_context_takeover = False  # type: bool
+    compress_threshold: int = 64
+    compress_level: int = zlib.Z_DEFAULT_COMPRESSION
+    mem_level: int = 5
+    max_window_bits: int = 12
+    force_no_context_takeover: bool = False
+    peer_max_window_bits: int = 12
+    peer_no_context_takeover: bool = False
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
@@ -205,8 +205,8 @@ class WebsocketExtensionDeflate(WebsocketExtension):
         self._compress_enabled = local_bits >= MIN_COMPRESS_WINDOW_BITS
         # A smaller window than agreed is always valid: the policy caps it silently.
         self._local_bits = min(local_bits, self.max_window_bits)
-        self._deflater = None  # type: Optional[zlib._Compress]
-        self._inflater = None  # type: Optional[zlib._Decompress]
+        self._deflater: Optional[zlib._Compress] = None
+        self._inflater: Optional[zlib._Decompress] = None
         self._decoded_size = 0
         self._message_has_input = False  # a compressed byte of this message arrived
 
@@ -255,7 +255,7 @@ class WebsocketExtensionDeflate(WebsocketExtension):
             client_bits = min(offer[CLIENT_MAX_WINDOW_BITS] or MAX_WINDOW_BITS, cls.peer_max_window_bits)
             announce_client_bits = client_bits < MAX_WINDOW_BITS or offer[CLIENT_MAX_WINDOW_BITS] is not None
 
-        response = []  # type: ExtensionParams
+        response: ExtensionParams = []
         if server_no_takeover:
             response.append((SERVER_NO_CONTEXT_TAKEOVER, None))
         if client_no_takeover:
@@ -280,7 +280,7 @@ class WebsocketExtensionDeflate(WebsocketExtension):
         ``peer_no_context_takeover`` adds ``server_no_context_takeover`` and
         ``force_no_context_takeover`` adds ``client_no_context_takeover``.
         """
-        offer = []  # type: ExtensionParams
+        offer: ExtensionParams = []
         if cls.peer_no_context_takeover:
             offer.append((SERVER_NO_CONTEXT_TAKEOVER, None))
         if cls.force_no_context_takeover:

@@ -90,7 +90,7 @@ def parse_extension_header(value: str) -> List[Tuple[str, ExtensionParams]]:
     or ``=``, an unterminated quote, a quoted value that is not a token once unescaped,
     junk between elements).
     """
-    result = []  # type: List[Tuple[str, ExtensionParams]]
+    result: List[Tuple[str, ExtensionParams]] = []
     end = len(value)
     pos = _skip_ows(value, 0)
     while pos < end:
@@ -98,13 +98,13 @@ def parse_extension_header(value: str) -> List[Tuple[str, ExtensionParams]]:
             pos = _skip_ows(value, pos + 1)
             continue
         name, pos = _read_token(value, pos, "an extension name")
-        params = []  # type: ExtensionParams
+        params: ExtensionParams = []
         pos = _skip_ows(value, pos)
         while pos < end and value[pos] == _PARAM_SEPARATOR:
             pos = _skip_ows(value, pos + 1)
             key, pos = _read_token(value, pos, "a parameter name")
             pos = _skip_ows(value, pos)
-            param_value = None  # type: Optional[str]
+            param_value: Optional[str] = None
             if pos < end and value[pos] == _VALUE_SEPARATOR:
                 pos = _skip_ows(value, pos + 1)
                 param_value, pos = _read_param_value(value, pos)
@@ -172,8 +172,8 @@ class WebsocketExtension:
     Extension instances belong to one connection and are not thread-safe.
     """
 
-    name = ""  # type: str
-    rsv_bits = 0  # type: int
+    name: str = ""
+    rsv_bits: int = 0
 
     def __init__(self, params_string: str = "") -> None:
         """Create the agreement; ``params_string`` is what :meth:`get_params_string` returns."""
@@ -294,8 +294,8 @@ def negotiate_server(
         offers = parse_extension_header(header_value)
     except ValueError:
         return [], None
-    accepted = []  # type: List[WebsocketExtension]
-    elements = []  # type: List[str]
+    accepted: List[WebsocketExtension] = []
+    elements: List[str] = []
     accepted_names = set()
     used_rsv = 0
     for name, params in offers:
@@ -340,7 +340,7 @@ def client_accept(
     """
     if not header_value or not header_value.strip():
         return []
-    accepted = []  # type: List[WebsocketExtension]
+    accepted: List[WebsocketExtension] = []
     seen_names = set()
     used_rsv = 0
     for name, params in parse_extension_header(header_value):

@@ -47,7 +47,7 @@ def form_decode(encoded_form: Union[str, bytes, bytearray, memoryview]) -> Dict[
             encoded_form = raw.decode("utf-8")
         except UnicodeDecodeError:
             # Only the pairs holding the bad bytes are lost, not the whole form.
-            result = {}  # type: Dict[str, str]
+            result: Dict[str, str] = {}
             for piece in raw.split(b"&"):
                 try:
                     result.update(_decode_pair(piece.decode("utf-8")))
@@ -107,10 +107,10 @@ def form_decode_multipart(multipart: Optional[Multipart],
     """
     if multipart is None:
         return None
-    fields = {}  # type: Dict[str, str]
-    filename = None  # type: Optional[str]
-    content_type = None  # type: Optional[str]
-    file_bytes = None  # type: Optional[bytes]
+    fields: Dict[str, str] = {}
+    filename: Optional[str] = None
+    content_type: Optional[str] = None
+    file_bytes: Optional[bytes] = None
     for i in range(multipart.get_length()):
         headers, body = multipart.get_part(i)
         disposition = parse_content_disposition(headers.get_one("Content-Disposition"))

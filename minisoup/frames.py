@@ -154,7 +154,7 @@ DIRECT_CHUNK_MAX = 1024 * 1024
 DIRECT_POOL_LIMIT = 4 * 1024 * 1024
 DIRECT_START = DIRECT_CHUNK_MIN
 
-_XOR_TABLES = [None] * 256  # type: List[Optional[bytes]]
+_XOR_TABLES: List[Optional[bytes]] = [None] * 256
 
 
 def _xor_table(key_byte: int) -> bytes:
@@ -309,7 +309,7 @@ class FrameParser:
         self._buf = bytearray()
         self._pos = 0
         self._need = 2  # bytes from _pos before parsing can progress
-        self._big = None  # type: Optional[_BigPayload]
+        self._big: Optional[_BigPayload] = None
         # True while a big payload's bytes are still to come (recv_buffer offers a view).
         self.collecting = False
 
@@ -475,7 +475,7 @@ class _ChunkPool:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._free = {}  # type: Dict[int, List[bytearray]]  # capacity -> free chunks
+        self._free: Dict[int, List[bytearray]] = {}  # capacity -> free chunks
         self._size = 0
         # The server is single-threaded, but blocking clients may run in threads.
         self._lock = threading.Lock()
@@ -522,8 +522,8 @@ class _BigPayload:
         self.key = key        # the mask key, None for unmasked frames
         self.got = 0          # payload bytes received
         self.left = length    # payload bytes still to come
-        self._chunks = []     # type: List[bytearray]  # full chunks
-        self._chunk = None    # type: Optional[bytearray]  # the one being filled
+        self._chunks: List[bytearray] = []  # full chunks
+        self._chunk: Optional[bytearray] = None  # the one being filled
         self._fill = 0        # bytes in it
         self._base = 0        # its offset in the payload
         if prefix:

@@ -188,7 +188,7 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
     if protocol is not None:
         response.append(("Sec-WebSocket-Protocol", protocol))
 
-    accepted = []  # type: list
+    accepted: list = []
     if extension_types:
         accepted, answer = _extensions_module().negotiate_server(
             headers.get_list("Sec-WebSocket-Extensions"), list(extension_types))
@@ -281,7 +281,7 @@ def client_check_response(status: int, headers: HeadersLike, key: str,
     answer = headers.get_list("Sec-WebSocket-Extensions")
     if answer is not None and not answer.strip():
         answer = None
-    accepted = []  # type: list
+    accepted: list = []
     if extension_types:
         try:
             accepted = _extensions_module().client_accept(answer, list(extension_types))

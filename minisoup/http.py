@@ -99,8 +99,8 @@ class MessageHeaders:
     __slots__ = ("_items", "_index")
 
     def __init__(self, items: Optional[List[Tuple[str, str]]] = None) -> None:
-        self._items = []  # type: List[Tuple[str, str]]
-        self._index = {}  # type: Dict[str, List[str]]
+        self._items: List[Tuple[str, str]] = []
+        self._index: Dict[str, List[str]] = {}
         if items:
             for name, value in items:
                 self.append_unchecked(name, value)
@@ -244,7 +244,7 @@ class Request:
         self.headers = headers
         conn = headers.get_list("Connection")
         if not conn:
-            tokens = ()  # type: Any
+            tokens: Any = ()
         elif "," in conn:
             tokens = split_list(conn.lower())
         else:
@@ -314,7 +314,7 @@ def _parse_head(block: bytes, max_body_size: int) -> Request:
 # valid ones are remembered (a set lookup instead of a regex match), at most
 # VALID_HOSTS_CACHED of them (a client sending a new Host each time only refills it).
 VALID_HOSTS_CACHED = 64
-_valid_hosts = set()  # type: set
+_valid_hosts: set = set()
 
 
 def _remember_host(host: str) -> None:
@@ -373,10 +373,10 @@ class RequestParser:
         self._buf = b""
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
-        self._request = None  # type: Optional[Request]
+        self._request: Optional[Request] = None
         # One buffer, created on the first body byte: a list of pieces let a body of
         # 1-byte chunks pin ~40 bytes of objects per byte of max_body_size.
-        self._body = None  # type: Any   # None, bytes (one piece) or bytearray
+        self._body: Any = None  # None, bytes (one piece) or bytearray
         self._body_size = 0
         self._chunk_left = 0
         self._chunk_state = "size"
@@ -660,7 +660,7 @@ def _unreserved_escape(match: "re.Match") -> str:
 
 def remove_dot_segments(path: str) -> str:
     """RFC 3986 §5.2.4 for an absolute path: "/a/./b/../c" -> "/a/c"; never above "/"."""
-    out = []  # type: List[str]
+    out: List[str] = []
     segments = path.split("/")[1:]
     for segment in segments:
         if segment == "..":

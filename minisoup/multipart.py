@@ -83,7 +83,7 @@ def parse_param_items(header: str, delim: str = ";", rfc8187: bool = True) -> Li
     (``extended`` True, the ``*`` dropped from ``name``). Items with an empty name or an
     undecodable extended value are left out, as in libsoup.
     """
-    result = []  # type: List[Param]
+    result: List[Param] = []
     for item in _split_items(header, delim):
         name, eq, value = item.partition("=")
         name = name.rstrip()
@@ -108,7 +108,7 @@ def parse_semi_param_list(header: str) -> Dict[str, Optional[str]]:
     """libsoup's ``soup_header_parse_semi_param_list``: ``;``-separated parameters as a
     dict keyed by lower-cased name; the first of repeated names wins, except that an
     extended ``name*`` parameter wins over a plain ``name``."""
-    params = {}  # type: Dict[str, Optional[str]]
+    params: Dict[str, Optional[str]] = {}
     for name, value, extended in parse_param_items(header):
         key = name.lower()
         if extended or key not in params:
@@ -156,7 +156,7 @@ def _parse_part_headers(block: bytes) -> Optional[MessageHeaders]:
     # anywhere refuses the whole body. Values are UTF-8 (browsers send file names so).
     if b"\0" in block:
         return None
-    items = []  # type: List[Tuple[str, str]]
+    items: List[Tuple[str, str]] = []
     for raw in block.split(b"\n"):
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if line[:1] in (" ", "\t"):
@@ -277,7 +277,7 @@ def _parse_parts(body: bytes, boundary: bytes) -> Optional[List[Tuple[MessageHea
     if found is None:
         return None
     _, close, start = found
-    parts = []  # type: List[Tuple[MessageHeaders, bytes]]
+    parts: List[Tuple[MessageHeaders, bytes]] = []
     while not close:
         if len(parts) >= MAX_PARTS:
             return None
