@@ -492,6 +492,9 @@ class Arbiter:
 
     # -- SIGHUP: rolling replacement ------------------------------------------------------------
     def _start_reload(self) -> None:
+        # Certificate files are read again here, so that the new workers fork with them
+        # (broken files: the old certificate is kept, with a log line).
+        self.server.reload_tls_certificate()
         self._reload = sorted((w for w in self.workers.values()
                                if not w.retiring and w is not self._reload_new),
                               key=lambda w: w.id)

@@ -9,6 +9,7 @@ tools/make_test_certs.sh; the tests never run openssl).
 import http.client
 import logging
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -476,40 +477,53 @@ def test_tls10_client_hello_is_refused_quietly(caplog):
     assert len([r for r in caplog.records if r.name == "minisoup"]) <= 1
 
 
-def test_silent_and_trickled_handshakes_are_cut_at_request_timeout():
+def test_silent_and_trickled_handshakes_are_cut_at_request_timeout(caplog):
+    """The handshake shares the HTTP header deadline, which starts at accept: a client
+    that sends nothing, or its ClientHello a byte every 50 ms, is cut at
+    request_timeout, while other clients are served at once."""
     server = tls_server(request_timeout=0.6)
     server.add_handler(None, info_handler)
     hello = _client_hello()
-    with running(server) as port:
-        silent = socket.create_connection(("127.0.0.1", port), timeout=T)
-        trickle = socket.create_connection(("127.0.0.1", port), timeout=T)
+    cut = {}
+
+    def wait_cut(name, sock, start):
+        sock.settimeout(T)
+        try:
+            sock.recv(100)   # b"" (FIN) or a reset
+        except OSError:
+            pass
+        cut[name] = time.monotonic() - start
+
+    def trickle(sock):
+        for i in range(len(hello)):
+            if "trickle" in cut:
+                return
+            try:
+                sock.send(hello[i:i + 1])
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    with caplog.at_level(logging.DEBUG, "minisoup"), running(server) as port:
         start = time.monotonic()
-        # Meanwhile other clients are served at once.
-        for i in range(3):
+        silent = socket.create_connection(("127.0.0.1", port), timeout=T)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=T)
+        threads = [threading.Thread(target=wait_cut, args=("silent", silent, start)),
+                   threading.Thread(target=wait_cut, args=("trickle", slow, start)),
+                   threading.Thread(target=trickle, args=(slow,))]
+        for thread in threads:
+            thread.start()
+        for i in range(3):   # meanwhile, other clients are served at once
             assert https_get(port, "/busy%d" % i) == (200, "https /busy%d 0 -" % i)
         assert time.monotonic() - start < 0.5
-        cut = None
-        for i, byte in enumerate(hello[:40]):
-            try:
-                trickle.send(hello[i:i + 1])
-            except OSError:
-                cut = time.monotonic() - start
-                break
-            time.sleep(0.05)
-            if i > 30:
-                break
-        assert recv_all(silent, timeout=3) == b""
-        elapsed = time.monotonic() - start
-        assert 0.5 < elapsed < 2.5, elapsed
-        trickle.settimeout(3)
-        try:
-            assert trickle.recv(100) == b""
-        except ConnectionResetError:
-            pass
-        assert cut is None or cut < 2.5
+        for thread in threads:
+            thread.join(T)
         silent.close()
-        trickle.close()
+        slow.close()
         wait_for(lambda: not server._http, what="connections cut")
+    assert 0.55 < cut["silent"] < 2.0, cut
+    assert 0.55 < cut["trickle"] < 2.0, cut
+    assert no_tracebacks(caplog) == []
 
 
 def _client_hello():
@@ -692,3 +706,73 @@ def test_two_workers_serve_https_and_wss():
         for client in clients:
             client.close()
         assert not [line for line in proc.log if "Traceback" in line]
+
+
+def _served_certificate(port):
+    """The DER certificate the server presents on a new connection."""
+    sock = tls_connect(port)
+    try:
+        return sock.getpeercert(binary_form=True)
+    finally:
+        sock.close()
+
+
+def _pem_to_der(path):
+    with open(path) as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def test_sighup_reloads_the_certificate_files_and_keeps_the_old_if_broken(tmp_path):
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(open(SERVER_CERT, "rb").read())
+    keyfile.write_bytes(open(SERVER_KEY, "rb").read())
+    args = ["--certfile", str(certfile), "--keyfile", str(keyfile)]
+    with MinisoupProcess("prefork_apps:whoami", workers=2, args=args) as proc:
+        proc.start(workers_ready=2)
+        assert _served_certificate(proc.port) == _pem_to_der(SERVER_CERT)
+        # Renewed files, then SIGHUP: the workers are replaced and serve the new one.
+        certfile.write_bytes(open(cert("server2.pem"), "rb").read())
+        keyfile.write_bytes(open(cert("server2.key"), "rb").read())
+        proc.send(signal.SIGHUP)
+        proc.wait_log(r"TLS: certificate .* reloaded")
+        proc.wait_log(r"worker \d+ ready", count=4, timeout=15)
+        wait_for(lambda: proc.count_log(r"replaced by pid") >= 2, timeout=15,
+                 what="both workers replaced")
+        assert _served_certificate(proc.port) == _pem_to_der(cert("server2.pem"))
+        assert https_get(proc.port, "/worker")[0] == 200
+        # Broken files: an error line, and the workers keep serving the certificate in use.
+        keyfile.write_bytes(b"not a key")
+        proc.send(signal.SIGHUP)
+        proc.wait_log(r"ERROR minisoup: TLS: cannot reload the certificate")
+        proc.wait_log(r"worker \d+ ready", count=6, timeout=15)
+        wait_for(lambda: proc.count_log(r"replaced by pid") >= 4, timeout=15,
+                 what="both workers replaced again")
+        assert _served_certificate(proc.port) == _pem_to_der(cert("server2.pem"))
+        assert not [line for line in proc.log if "Traceback" in line]
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["--client-cert", "required"], 2, "need --certfile"),
+    (["--certfile", SERVER_CERT, "--keyfile", SERVER_KEY, "--client-cert", "optional"], 2,
+     "needs --ca-certs"),
+    (["--certfile", os.path.join(CERTS, "missing.pem")], 1, "cannot load the TLS certificate"),
+    (["--certfile", SERVER_CERT, "--keyfile", cert("client.key")], 1,
+     "cannot load the TLS certificate"),
+], ids=["no-certfile", "no-ca-certs", "missing-file", "wrong-key"])
+def test_cli_tls_option_errors(args, status, message):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "minisoup", "--bind", "127.0.0.1:0",
+                             "--workers", "0"] + args, capture_output=True, timeout=30,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == status
+    assert message in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+
+
+def test_cli_client_certificates_required():
+    args = ["--certfile", SERVER_CERT, "--keyfile", SERVER_KEY, "--ca-certs", CA]
+    with MinisoupProcess("prefork_apps:whoami", workers=1, args=args) as proc:
+        proc.start(workers_ready=1)
+        assert https_get(proc.port, "/worker", client_context("client"))[0] == 200
+        assert _refused(proc.port, client_context())

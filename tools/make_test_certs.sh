@@ -34,6 +34,12 @@ issue server ca "/O=minisoup tests/CN=localhost" \
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+# The same name again, another key: the renewed certificate of the SIGHUP reload test.
+issue server2 ca "/O=minisoup tests/CN=localhost" \
+"basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
 issue client ca "/O=minisoup tests/CN=test client" \
 "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
