@@ -232,10 +232,6 @@ class TLSTransport:
         """The client's verified certificate (``SSLSocket.getpeercert()``'s dict), or None."""
         return self._peer_cert
 
-    def get_tls_version(self) -> Optional[str]:
-        """"TLSv1.3", "TLSv1.2", ... once the handshake is done, else None."""
-        return self._sslobj.version() if self._state == _OPEN else None
-
     def get_write_buffer_size(self) -> int:
         """Bytes not on the wire yet: plaintext waiting, plus ciphertext queued."""
         return self._pending_size + self._raw.get_write_buffer_size()

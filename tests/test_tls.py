@@ -25,7 +25,7 @@ from minisoup.tls import TLSTransport, create_server_context
 from conftest import running
 from serverproc import MinisoupProcess
 from test_interfaces import mismatches
-from wsraw import BINARY, CLOSE, TEXT, RawWebSocket, handshake_request, read_response_head
+from wsraw import BINARY, TEXT, RawWebSocket, handshake_request, read_response_head
 
 T = 5.0
 CERTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls")
@@ -189,9 +189,6 @@ def test_defaults_tls12_minimum_alpn_no_renegotiation():
 
 def test_tls_transport_is_a_transport():
     server = tls_server()
-    accepted = []
-    server.add_handler(None, info_handler)
-    server.connect("request-started", lambda srv, msg: accepted.append(msg))
     a, b = socket.socketpair()
     loop = minisoup.loop.Loop()
     try:
