@@ -128,10 +128,6 @@ class _BlockingTransport:
     def shutdown_write(self) -> None:
         if not self._shut and not self.closed:
             self._shut = True
-            if isinstance(self.sock, ssl.SSLSocket):
-                # SSLSocket.shutdown() drops the TLS layer: what is read afterwards would
-                # be ciphertext. No more writes is enough; the server closes.
-                return
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:

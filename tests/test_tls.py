@@ -773,3 +773,23 @@ def test_cli_client_certificates_required():
         proc.start(workers_ready=1)
         assert https_get(proc.port, "/worker", client_context("client"))[0] == 200
         assert _refused(proc.port, client_context())
+
+
+def test_wss_client_failing_the_connection_keeps_reading_through_tls():
+    """The client fails a connection (invalid UTF-8 from the server: 1007) with a
+    lingering close over TLS; both ends agree on the code."""
+    server = tls_server()
+    seen = {}
+
+    def bad_text(server_, msg, path, conn, user_data):
+        conn.connect("closed", lambda c: seen.setdefault("code", c.get_close_code()))
+        from minisoup.frames import build_frame
+        conn.transport.write(build_frame(TEXT, b"\xff\xfe not utf-8", True, 0, None))
+
+    server.add_websocket_handler("/bad", None, None, bad_text)
+    with running(server) as port:
+        client = minisoup.websocket_connect("wss://127.0.0.1:%d/bad" % port, timeout=T,
+                                            ssl_context=client_context())
+        assert client.wait_closed() == 1007
+        wait_for(lambda: "code" in seen, what="server close")
+    assert seen["code"] == 1007
