@@ -16,6 +16,7 @@ from .extensions import WebsocketExtension
 from .deflate import WebsocketExtensionDeflate
 from .handshake import HandshakeError
 from .server import DEFAULT_LIMITS, Server
+from .tls import ListenOptions, TlsAuthMode
 from .client import ClientConnection, ConnectionClosed, websocket_connect
 from .forms import (FORM_MIME_TYPE_MULTIPART, FORM_MIME_TYPE_URLENCODED, form_decode,
                     form_decode_multipart, form_encode)
@@ -33,5 +34,5 @@ __all__ = [
     "ConnectionClosed", "DEFAULT_LIMITS", "__version__",
     "form_decode", "form_encode", "form_decode_multipart", "FORM_MIME_TYPE_URLENCODED",
     "FORM_MIME_TYPE_MULTIPART", "Multipart", "Cookie", "SameSitePolicy", "cookies_from_request",
-    "cookies_to_response",
+    "cookies_to_response", "ListenOptions", "TlsAuthMode",
 ]

@@ -1,4 +1,5 @@
-"""``python -m minisoup [APP] [--bind HOST:PORT ...] [--workers N] [--log-level LEVEL]``.
+"""``python -m minisoup [APP] [--bind HOST:PORT ...] [--workers N] [--log-level LEVEL]
+[--certfile FILE [--keyfile FILE] [--ca-certs FILE [--client-cert optional|required]]]``.
 
 ``APP`` is ``module:function``; the function is called with the :class:`Server`
 before the workers are forked, to register handlers. Without ``APP``, the built-in
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import ssl
 import sys
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -18,6 +20,7 @@ from ._version import __version__
 from .errors import Error
 from .prefork import install_log_tag
 from .server import DEFAULT_LIMITS, Server
+from .tls import ListenOptions, TlsAuthMode
 
 log = logging.getLogger("minisoup")
 
@@ -25,6 +28,8 @@ DEFAULT_BIND = "127.0.0.1:8080"
 LOG_FORMAT = "%(asctime)s [%(worker)s] %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+CLIENT_CERT_MODES = {"none": TlsAuthMode.NONE, "optional": TlsAuthMode.REQUESTED,
+                     "required": TlsAuthMode.REQUIRED}
 
 
 class AppError(Error):
@@ -103,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="called with the Server in each worker after the fork, before "
                              "it serves (per-process setup; server.get_worker_id() says "
                              "which worker); an exception stops that worker")
+    tls = parser.add_argument_group("TLS (every --bind serves https:// and wss://; SIGHUP "
+                                    "re-reads the files as it replaces the workers)")
+    tls.add_argument("--certfile", metavar="FILE",
+                     help="the server's certificate chain (PEM); its key too unless --keyfile")
+    tls.add_argument("--keyfile", metavar="FILE", help="the certificate's private key (PEM)")
+    tls.add_argument("--ca-certs", metavar="FILE",
+                     help="CA certificates (PEM) that client certificates must chain to")
+    tls.add_argument("--client-cert", choices=sorted(CLIENT_CERT_MODES), default=None,
+                     help="ask clients for a certificate: none, optional (a bad one is "
+                          "refused), required (default with --ca-certs: required)")
     parser.add_argument("--print-uris", action="store_true",
                         help="print each listening URI (real port, after port 0) on "
                              "stdout once bound, one per line, for scripts")
@@ -145,6 +160,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit status (0 after a normal stop)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (args.keyfile or args.ca_certs or args.client_cert) and not args.certfile:
+        parser.error("--keyfile, --ca-certs and --client-cert need --certfile")
+    if args.client_cert in ("optional", "required") and not args.ca_certs:
+        parser.error("--client-cert %s needs --ca-certs" % args.client_cert)
     install_log_tag()
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     server = Server(graceful_timeout=args.graceful_timeout, worker_timeout=args.worker_timeout,
@@ -167,9 +186,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_ERROR
     if post_fork is not None:
         server.connect("worker-started", post_fork)
+    options = 0
+    if args.certfile:
+        try:
+            server.set_tls_certificate(args.certfile, args.keyfile)
+            if args.ca_certs:
+                server.set_tls_database(args.ca_certs)
+                server.set_tls_auth_mode(CLIENT_CERT_MODES[args.client_cert or "required"])
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            print("minisoup: error: cannot load the TLS certificate: %s" % exc, file=sys.stderr)
+            return EXIT_ERROR
+        options = ListenOptions.HTTPS
     for host, port in args.bind or [parse_bind(DEFAULT_BIND)]:
         try:
-            server.listen((host, port))
+            server.listen((host, port), options)
         except OSError as exc:
             print("minisoup: error: cannot listen on %s:%d: %s" % (host, port, exc.strerror or exc),
                   file=sys.stderr)

@@ -10,6 +10,7 @@ blocking ones below, in place of the server's loop.
 import collections
 import heapq
 import socket
+import ssl
 import time
 from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
@@ -302,11 +303,15 @@ def _read_response_head(sock: socket.socket, deadline: float) -> Tuple[int, Mess
 
 def websocket_connect(url: str, origin: Optional[str] = None,
                       protocols: Optional[Sequence[str]] = None, timeout: float = 10,
-                      extensions: Sequence[type] = ()) -> ClientConnection:
+                      extensions: Sequence[type] = (),
+                      ssl_context: Optional[ssl.SSLContext] = None) -> ClientConnection:
     """Open a WebSocket to ``url`` (``ws://`` or ``wss://``) and return a blocking connection.
 
     ``extensions`` lists extension types to offer (e.g. ``[minisoup.WebsocketExtensionDeflate]``).
-    Raises ``HandshakeError`` (``status`` is the server's HTTP status) when refused.
+    ``ssl_context``: for ``wss://``, the client-side ``ssl.SSLContext`` (a private CA, a
+    client certificate); default ``ssl.create_default_context()`` (system CAs, host name
+    checked). Raises ``HandshakeError`` (``status`` is the server's HTTP status) when
+    refused, ``ssl.SSLError`` when the TLS handshake fails.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss", "http", "https"):
@@ -319,8 +324,8 @@ def websocket_connect(url: str, origin: Optional[str] = None,
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         if secure:
-            import ssl
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            context = ssl_context if ssl_context is not None else ssl.create_default_context()
+            sock = context.wrap_socket(sock, server_hostname=host)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         host_header = parts.netloc.rsplit("@", 1)[-1]
         key, headers = client_request_headers(host_header, path, origin, protocols, extensions)

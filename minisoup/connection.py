@@ -40,10 +40,12 @@ class HTTPConnection:
     __slots__ = ("server", "transport", "parser", "state", "msg", "request", "entry",
                  "phase", "deadline", "keep_alive", "remote", "local", "_processing",
                  "_must_close", "_idle", "_draining", "_send_mark", "_body_start",
-                 "_body_bytes", "__weakref__")
+                 "_body_bytes", "scheme", "__weakref__")
 
-    def __init__(self, server: Any, transport: Any, remote: Any, local: Any) -> None:
+    def __init__(self, server: Any, transport: Any, remote: Any, local: Any,
+                 scheme: str = "http") -> None:
         self.server = server
+        self.scheme = scheme  # "https": the transport is a tls.TLSTransport
         self.transport = transport
         self.parser = RequestParser(server.max_header_size, server.max_body_size)
         self.state = HEAD
@@ -170,8 +172,10 @@ class HTTPConnection:
         self.keep_alive = req.keep_alive
         path, query = req.path, req.query
         host = req.host or req.headers.get_one("Host") or ""
-        uri = SplitResult("http", host, path, query or "", "")
-        msg = ServerMessage(self, req.method, uri, req.version, req.headers, self.remote, self.local)
+        uri = SplitResult(self.scheme, host, path, query or "", "")
+        msg = ServerMessage(self, req.method, uri, req.version, req.headers, self.remote, self.local,
+                            peer_certificate=self.transport.get_peer_certificate()
+                            if self.scheme == "https" else None)
         msg._started = time.monotonic()
         self.msg = msg
         self.state = HANDLING
@@ -276,7 +280,7 @@ class HTTPConnection:
         msg = self.msg
         if msg is None or self.state in (HEAD, BODY):
             if msg is None:
-                uri = SplitResult("http", "", "", "", "")
+                uri = SplitResult(self.scheme, "", "", "", "")
                 msg = ServerMessage(self, "-", uri, "HTTP/1.1", _empty_headers(), self.remote,
                                     self.local)
                 msg._started = time.monotonic()

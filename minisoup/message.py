@@ -89,11 +89,14 @@ class ServerMessage:
 
     __slots__ = ("_method", "_uri", "_version", "_request_headers", "_request_body",
                  "_remote", "_local", "_status", "_reason", "_response_headers",
-                 "_response_body", "_paused", "_conn", "_started", "__weakref__")
+                 "_response_body", "_paused", "_conn", "_started", "_peer_certificate",
+                 "__weakref__")
 
     def __init__(self, conn: Any, method: str, uri: SplitResult, version: str,
-                 headers: MessageHeaders, remote: Any, local: Any) -> None:
+                 headers: MessageHeaders, remote: Any, local: Any,
+                 peer_certificate: Optional[dict] = None) -> None:
         self._conn = conn
+        self._peer_certificate = peer_certificate
         self._method = method
         self._uri = uri
         self._version = version
@@ -143,6 +146,11 @@ class ServerMessage:
     def get_local_address(self) -> Optional[Tuple]:
         """The server's socket address for this connection."""
         return self._local
+
+    def get_tls_peer_certificate(self) -> Optional[dict]:
+        """Over TLS, the client's verified certificate as ``ssl.SSLSocket.getpeercert()``
+        gives it; ``None`` without one (or without TLS). See ``Server.set_tls_auth_mode``."""
+        return self._peer_certificate
 
     # -- the response -------------------------------------------------------------
     def set_status(self, status_code: int, reason_phrase: Optional[str] = None) -> None:

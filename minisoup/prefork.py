@@ -514,6 +514,9 @@ class Arbiter:
 
     # -- SIGHUP: rolling replacement ------------------------------------------------------------
     def _start_reload(self) -> None:
+        # Certificate files are read again here, so that the new workers fork with them
+        # (broken files: the old certificate is kept, with a log line).
+        self.server.reload_tls_certificate()
         # No list to rebuild: the plan is derived from the generations each round, so a
         # SIGHUP during a replacement only widens it (the replacement in flight finishes
         # with the worker it was forked for, then is itself replaced, being older).

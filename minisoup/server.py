@@ -6,6 +6,7 @@ import signal
 import socket
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from urllib.parse import SplitResult
 
 from ._version import __version__
 from .connection import CLOSED, HTTPConnection
@@ -14,6 +15,7 @@ from .http import _check_text, build_response_head, quote_path
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
 from .signals import SignalEmitter, last_callback
+from .tls import ListenOptions, TlsAuthMode, TlsConfig, TLSTransport
 from .websocket import WebsocketConnection, WebsocketConnectionType
 
 log = logging.getLogger("minisoup")
@@ -120,6 +122,8 @@ class Server(SignalEmitter):
         self._paths = []  # type: List[str]   # longest first
         self._extensions = _default_extensions()
         self._listeners = []  # type: List[socket.socket]
+        self._tls = TlsConfig()
+        self._https_listeners = set()  # type: set   # listening sockets that serve TLS
         self._loop = None  # type: Optional[Loop]
         self._http = set()  # type: set
         self._websockets = set()  # type: set
@@ -217,8 +221,12 @@ class Server(SignalEmitter):
             self._extensions.remove(extension_type)
 
     # -- listening ----------------------------------------------------------------------
-    def listen(self, address: Tuple[str, int]) -> None:
-        """Bind and listen on ``(host, port)`` now; port 0 picks a free port. IPv6 hosts work."""
+    def listen(self, address: Tuple[str, int], options: int = 0) -> None:
+        """Bind and listen on ``(host, port)`` now; port 0 picks a free port. IPv6 hosts work.
+
+        ``options``: :class:`ListenOptions`; ``HTTPS`` serves TLS (``ValueError`` if no
+        certificate is set)."""
+        self._check_listen_options(options)
         host, port = address[0], int(address[1])
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -231,29 +239,48 @@ class Server(SignalEmitter):
         except OSError:
             sock.close()
             raise
-        self.listen_socket(sock)
+        self.listen_socket(sock, options)
 
-    def listen_local(self, port: int) -> None:
+    def listen_local(self, port: int, options: int = 0) -> None:
         """Listen on the loopback addresses: 127.0.0.1 and, where the host has IPv6, ::1
-        (on the same port), as libsoup does."""
-        self._listen_both("127.0.0.1", "::1", port)
+        (on the same port), as libsoup does. ``options``: :class:`ListenOptions`
+        (``IPV4_ONLY``/``IPV6_ONLY`` keep one of the two)."""
+        self._listen_both("127.0.0.1", "::1", port, options)
 
-    def listen_all(self, port: int) -> None:
-        """Listen on every address: 0.0.0.0 and, where the host has IPv6, :: (same port)."""
-        self._listen_both("0.0.0.0", "::", port)
+    def listen_all(self, port: int, options: int = 0) -> None:
+        """Listen on every address: 0.0.0.0 and, where the host has IPv6, :: (same port).
+        ``options`` as :meth:`listen_local`."""
+        self._listen_both("0.0.0.0", "::", port, options)
 
-    def _listen_both(self, ipv4: str, ipv6: str, port: int) -> None:
-        self.listen((ipv4, port))
+    def _listen_both(self, ipv4: str, ipv6: str, port: int, options: int) -> None:
+        self._check_listen_options(options)
+        if options & ListenOptions.IPV6_ONLY:
+            self.listen((ipv6, port), options)
+            return
+        self.listen((ipv4, port), options)
+        if options & ListenOptions.IPV4_ONLY:
+            return
         port = self._listeners[-1].getsockname()[1]  # port 0: the IPv6 side takes the same
         if socket.has_ipv6:
             try:
-                self.listen((ipv6, port))
+                self.listen((ipv6, port), options)
             except OSError as exc:
                 log.debug("no IPv6 listener on [%s]:%d: %s", ipv6, port, exc)
 
-    def listen_socket(self, sock: socket.socket) -> None:
-        """Serve on an already listening socket."""
+    def _check_listen_options(self, options: int) -> None:
+        options = ListenOptions(options)
+        if options & ListenOptions.IPV4_ONLY and options & ListenOptions.IPV6_ONLY:
+            raise ValueError("IPV4_ONLY and IPV6_ONLY exclude each other")
+        if options & ListenOptions.HTTPS and self._tls.context is None:
+            raise ValueError("ListenOptions.HTTPS needs a certificate: call "
+                             "set_tls_certificate() first")
+
+    def listen_socket(self, sock: socket.socket, options: int = 0) -> None:
+        """Serve on an already listening socket (``options``: ``ListenOptions.HTTPS`` for TLS)."""
+        self._check_listen_options(options)
         sock.setblocking(False)
+        if options & ListenOptions.HTTPS:
+            self._https_listeners.add(sock)
         self._listeners.append(sock)
         if self._accepting and self._loop is not None:
             self._loop.add_exclusive_reader(sock, self._make_acceptor(sock))
@@ -263,14 +290,57 @@ class Server(SignalEmitter):
         return list(self._listeners)
 
     def get_uris(self) -> List[str]:
-        """``http://host:port/`` for each listening socket (the real port after port 0)."""
+        """``http://host:port/`` (``https://`` for a TLS listener) for each listening
+        socket (the real port after port 0)."""
         uris = []
         for sock in self._listeners:
             host, port = sock.getsockname()[:2]
             if ":" in host:
                 host = "[%s]" % host
-            uris.append("http://%s:%d/" % (host, port))
+            scheme = "https" if sock in self._https_listeners else "http"
+            uris.append("%s://%s:%d/" % (scheme, host, port))
         return uris
+
+    # -- TLS (SPEC section 8) -----------------------------------------------------------
+    def set_tls_certificate(self, certificate: Any, keyfile: Optional[str] = None,
+                            password: Optional[Any] = None) -> None:
+        """The server's certificate: PEM paths (``certfile``, ``keyfile`` if the key is
+        apart, ``password`` if it is encrypted), or a server-side ``ssl.SSLContext``.
+        Files are read now (``OSError``/``ssl.SSLError`` here, not at the first client).
+        Listeners opened with ``ListenOptions.HTTPS`` then serve TLS 1.2+ with ALPN
+        ``http/1.1`` and no renegotiation (see ``tls.create_server_context``)."""
+        self._tls.set_certificate(certificate, keyfile, password)
+
+    def get_tls_certificate(self) -> Optional[Any]:
+        """The server-side ``ssl.SSLContext`` in use (``None`` without a certificate)."""
+        return self._tls.context
+
+    def set_tls_database(self, cafile: Optional[str]) -> None:
+        """CA certificates (a PEM file) that client certificates must chain to."""
+        self._tls.set_database(cafile)
+
+    def get_tls_database(self) -> Optional[str]:
+        """The CA file given to :meth:`set_tls_database`, or ``None``."""
+        return self._tls.cafile
+
+    def set_tls_auth_mode(self, mode: TlsAuthMode) -> None:
+        """Ask clients for a certificate: ``TlsAuthMode.NONE`` (default), ``REQUESTED``
+        (a client without one is served; a bad one is refused), ``REQUIRED``."""
+        self._tls.set_auth_mode(mode)
+
+    def get_tls_auth_mode(self) -> TlsAuthMode:
+        """The :class:`TlsAuthMode` in use."""
+        return self._tls.auth_mode
+
+    def is_https(self) -> bool:
+        """True once a TLS certificate is set (as libsoup's ``soup_server_is_https``)."""
+        return self._tls.context is not None
+
+    def reload_tls_certificate(self) -> bool:
+        """Read the certificate files again (the pre-fork master does this on SIGHUP,
+        before replacing the workers). Broken files: the certificate in use is kept
+        and the error logged; returns False."""
+        return self._tls.reload()
 
     # -- timers -----------------------------------------------------------------------------
     def _get_loop(self) -> Loop:
@@ -433,6 +503,7 @@ class Server(SignalEmitter):
             except OSError:
                 pass
         self._listeners = []
+        self._https_listeners.clear()
         for path in list(self._handlers):
             self.remove_handler(path)
 
@@ -491,14 +562,15 @@ class Server(SignalEmitter):
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
-            self._new_connection(sock, addr)
+            self._new_connection(sock, addr, listener)
             if not self._accepting:
                 return
             if self._connection_count() >= self.max_connections or not self._may_accept():
                 self._update_accepting()
                 return
 
-    def _new_connection(self, sock: socket.socket, addr: Any) -> None:
+    def _new_connection(self, sock: socket.socket, addr: Any,
+                        listener: Optional[socket.socket] = None) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -506,8 +578,12 @@ class Server(SignalEmitter):
             local = sock.getsockname()
         except OSError:
             local = None
-        conn = HTTPConnection(self, None, addr, local)
-        conn.transport = SocketTransport(self._loop, sock, conn)
+        if listener is not None and listener in self._https_listeners:
+            conn = HTTPConnection(self, None, addr, local, scheme="https")
+            conn.transport = TLSTransport(self._loop, sock, conn, self._tls.context, addr)
+        else:
+            conn = HTTPConnection(self, None, addr, local)
+            conn.transport = SocketTransport(self._loop, sock, conn)
         self._http.add(conn)
         if self._gate is not None:
             self._gate.connections_changed(len(self._http) + len(self._websockets))
@@ -556,7 +632,8 @@ class Server(SignalEmitter):
         conn.msg = None
         msg._conn = None
         ws = WebsocketConnection(transport, WebsocketConnectionType.SERVER, self._loop,
-                                 uri=msg.get_uri(), origin=headers.get_one("Origin"),
+                                 uri=_websocket_uri(msg.get_uri()),
+                                 origin=headers.get_one("Origin"),
                                  protocol=result.protocol, extensions=result.extensions,
                                  close_timeout=self.close_timeout,
                                  write_buffer_limit=self.write_buffer_limit,
@@ -594,6 +671,12 @@ class Server(SignalEmitter):
         access_log.info('%s "%s %s %s" %d %d %.1fms', msg.get_remote_host() or "-",
                         msg.get_method(), quote_path(msg.get_uri().path), msg.get_http_version(),
                         msg.get_status(), length, elapsed)
+
+
+def _websocket_uri(uri: Any) -> Any:
+    # The connection's URI names the WebSocket: ws:// or, over TLS, wss:// (SPEC 8).
+    return SplitResult("wss" if uri.scheme == "https" else "ws", uri.netloc, uri.path, uri.query,
+                       uri.fragment)
 
 
 def _normalize_path(path: Optional[str]) -> str:

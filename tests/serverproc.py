@@ -54,7 +54,7 @@ class MinisoupProcess:
 
     def wait_port(self, timeout=10.0):
         """Wait for the first URI on stdout; returns the port."""
-        line = self.wait_line(self.stdout, r"^http://", timeout)
+        line = self.wait_line(self.stdout, r"^https?://", timeout)
         self.port = int(re.search(r":(\d+)/$", line).group(1))
         return self.port
 
