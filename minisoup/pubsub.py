@@ -10,9 +10,14 @@ No I/O here. Three parts:
   ride in one write and a reader needs no other framing::
 
       !I  length of the rest of the record (bytes)
-      !B  data type: 1 TEXT, 2 BINARY (the WebSocket opcodes)
+      !B  data type: 1 TEXT, 2 BINARY (the WebSocket opcodes); 0 HELLO
       !H  topic length (bytes)
           topic (UTF-8), then the payload (TEXT payloads are UTF-8)
+
+  A stream starts with one HELLO record (no topic; payload ``!QQ``: the sender's
+  epoch and the number of this stream among the streams it opened): when a sender
+  had to abandon a stream and open another to the same worker, the receiver keeps
+  the newer and drops the older, so that stale records never overtake newer ones.
 
 - :class:`PubSub`: the server's side. :meth:`PubSub.publish` delivers in this
   process at once and hands one record to the relay, if this process has one (a
@@ -39,6 +44,8 @@ MAX_PUBLICATION_SIZE = 16 * 1024 * 1024    # bytes of one publication's data (Va
 RECORD_HEADER = struct.Struct("!IBH")      # rest length, data type, topic length
 RECORD_PREFIX_SIZE = 4                     # the !I that the rest length does not count
 MAX_RECORD_SIZE = RECORD_HEADER.size + MAX_TOPIC_SIZE + MAX_PUBLICATION_SIZE
+RECORD_HELLO = 0
+HELLO_PAYLOAD = struct.Struct("!QQ")     # sender's epoch, stream number
 
 _TEXT = int(WebsocketDataType.TEXT)
 _BINARY = int(WebsocketDataType.BINARY)
@@ -64,6 +71,18 @@ def check_topic(topic: Any) -> bytes:
 # -- the relay record ------------------------------------------------------------------------
 class RelayProtocolError(Exception):
     """Bytes on a relay stream that are not a record (a bug or a stranger on the socket)."""
+
+
+def encode_hello(epoch: int, stream: int) -> bytes:
+    """The HELLO record that starts a relay stream (see the module docstring)."""
+    return encode_record(RECORD_HELLO, b"", HELLO_PAYLOAD.pack(epoch, stream))
+
+
+def decode_hello(payload: bytes) -> Tuple[int, int]:
+    """``(epoch, stream)`` of a HELLO record's payload (``RelayProtocolError`` if malformed)."""
+    if len(payload) != HELLO_PAYLOAD.size:
+        raise RelayProtocolError("bad relay HELLO: %d bytes" % len(payload))
+    return HELLO_PAYLOAD.unpack(payload)
 
 
 def encode_record(data_type: int, topic: bytes, payload: bytes) -> bytes:
@@ -97,11 +116,14 @@ class RecordParser:
         while end - offset >= header_size:
             rest, data_type, topic_size = RECORD_HEADER.unpack_from(buf, offset)
             size = RECORD_PREFIX_SIZE + rest
-            if size > self.max_record_size or size < header_size + topic_size or not topic_size:
+            if size > self.max_record_size or size < header_size + topic_size:
                 raise RelayProtocolError("bad relay record: %d bytes, topic %d bytes"
                                          % (size, topic_size))
-            if data_type not in _DATA_TYPES:
+            if data_type not in _DATA_TYPES and data_type != RECORD_HELLO:
                 raise RelayProtocolError("bad relay record: data type %d" % data_type)
+            if (topic_size == 0) != (data_type == RECORD_HELLO):
+                raise RelayProtocolError("bad relay record: a topic is required on data, "
+                                         "and only there")
             if end - offset < size:
                 break
             start = offset + header_size

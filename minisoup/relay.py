@@ -44,7 +44,8 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .loop import Loop, SocketTransport
-from .pubsub import MAX_RECORD_SIZE, RecordParser, RelayProtocolError
+from .pubsub import (MAX_RECORD_SIZE, RECORD_HELLO, RecordParser, RelayProtocolError,
+                     decode_hello, encode_hello)
 
 log = logging.getLogger("minisoup")
 
@@ -167,16 +168,20 @@ class RelayEndpoint:
 
     def __init__(self, loop: Loop, slot: RelaySlot,
                  deliver: Callable[[int, str, bytes], None]) -> None:
-        self._loop = loop
-        self._directory = slot.directory
+        self.loop = loop
+        self.directory = slot.directory
         self._slot = slot.slot
+        self.epoch = slot.epoch
+        self._streams_opened = 0
         self._listener = slot.listener
-        self._deliver = deliver
+        self.deliver = deliver
         self._batch = []  # type: List[bytes]
         self._batch_size = 0
         self._flush_handle = None  # type: Any
         self._peers = {}  # type: Dict[int, _Peer]   # slot → outgoing stream
         self._inbound = set()  # type: set
+        # sender epoch → (its newest stream number seen, that stream): see pubsub's HELLO.
+        self._newest = {}  # type: Dict[int, Tuple[int, _Inbound]]
         loop.add_reader(self._listener, self._on_accept)
 
     # -- sending ------------------------------------------------------------------------------
@@ -187,7 +192,7 @@ class RelayEndpoint:
         if self._batch_size >= RELAY_BATCH_SIZE:
             self.flush()
         elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
+            self._flush_handle = self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the batch to every other listed worker now."""
@@ -203,7 +208,7 @@ class RelayEndpoint:
         now = time.monotonic()
         peers = self._peers
         seen = set()
-        for slot, epoch in self._directory.live():
+        for slot, epoch in self.directory.live():
             if slot == self._slot:
                 continue
             seen.add(slot)
@@ -211,7 +216,7 @@ class RelayEndpoint:
             if peer is None or peer.epoch != epoch:
                 if peer is not None:
                     peer.forget()
-                peer = peers[slot] = _Peer(self._loop, self._directory, slot, epoch)
+                peer = peers[slot] = _Peer(self, slot, epoch)
             peer.send(data, count, now)
         for slot in [s for s in peers if s not in seen]:
             peers.pop(slot).forget()
@@ -227,13 +232,36 @@ class RelayEndpoint:
                 log.error("relay: accept failed: %s", exc)
                 return
             sock.setblocking(False)
-            inbound = _Inbound(self._deliver, self._inbound)
-            inbound.transport = SocketTransport(self._loop, sock, inbound)
+            inbound = _Inbound(self)
+            inbound.transport = SocketTransport(self.loop, sock, inbound)
             self._inbound.add(inbound)
+
+    def next_stream(self) -> bytes:
+        """The HELLO for a new outgoing stream (numbered in the order opened)."""
+        self._streams_opened += 1
+        return encode_hello(self.epoch, self._streams_opened)
+
+    def claim(self, inbound: "_Inbound", sender: int, stream: int) -> bool:
+        """``inbound`` says it is stream ``stream`` of ``sender``: False if a newer one
+        from that sender is known (drop this one); else an older one is dropped."""
+        newest = self._newest.get(sender)
+        if newest is not None:
+            if newest[0] > stream:
+                return False
+            if newest[1] is not inbound:
+                log.info("relay: dropping an abandoned stream from relay epoch %d", sender)
+                newest[1].transport.abort()
+        self._newest[sender] = (stream, inbound)
+        return True
+
+    def stream_closed(self, inbound: "_Inbound", sender: int) -> None:
+        self._inbound.discard(inbound)
+        if sender and sender not in dict(self.directory.live()).values():
+            self._newest.pop(sender, None)  # that worker has exited: forget it
 
     def close(self) -> None:
         """Stop: close every relay stream and the listening socket."""
-        self._loop.remove_reader(self._listener)
+        self.loop.remove_reader(self._listener)
         self._listener.close()
         for peer in self._peers.values():
             peer.forget()
@@ -248,12 +276,13 @@ class _Peer:
     The receiver never writes back; its EOF means it exited.
     """
 
-    __slots__ = ("_loop", "_directory", "slot", "epoch", "transport", "retry_at", "dropped",
-                 "discarded_bytes", "cut_off")
+    __slots__ = ("_endpoint", "_loop", "_directory", "slot", "epoch", "transport", "retry_at",
+                 "dropped", "discarded_bytes", "cut_off")
 
-    def __init__(self, loop: Loop, directory: RelayDirectory, slot: int, epoch: int) -> None:
-        self._loop = loop
-        self._directory = directory
+    def __init__(self, endpoint: RelayEndpoint, slot: int, epoch: int) -> None:
+        self._endpoint = endpoint
+        self._loop = endpoint.loop
+        self._directory = endpoint.directory
         self.slot = slot
         self.epoch = epoch
         self.transport = None  # type: Optional[SocketTransport]
@@ -291,6 +320,7 @@ class _Peer:
             self.retry_at = now + RELAY_RETRY_S
             return False
         self.transport = SocketTransport(self._loop, sock, self)
+        self.transport.write(self._endpoint.next_stream())
         if self.dropped:
             log.warning("relay: %s reachable again; %d publication(s) for it were dropped "
                         "meanwhile%s", self._name(), self.dropped,
@@ -341,24 +371,37 @@ class _Peer:
 class _Inbound:
     """One incoming stream from another worker: records in, delivered at once."""
 
-    __slots__ = ("transport", "_parser", "_deliver", "_registry")
+    __slots__ = ("transport", "_parser", "_endpoint", "_sender")
 
-    def __init__(self, deliver: Callable[[int, str, bytes], None], registry: set) -> None:
+    def __init__(self, endpoint: RelayEndpoint) -> None:
         self.transport = None  # type: Any
         self._parser = RecordParser(MAX_RECORD_SIZE)
-        self._deliver = deliver
-        self._registry = registry
+        self._endpoint = endpoint
+        self._sender = 0  # the sender's epoch, from the HELLO
 
     def data_received(self, data: bytes) -> None:
         try:
             records = self._parser.feed(data)
+            if records and not self._sender:
+                self._hello(records.pop(0))
         except RelayProtocolError as exc:
             log.error("relay: %s; closing that stream", exc)
             self.transport.abort()
             return
-        deliver = self._deliver
+        deliver = self._endpoint.deliver
         for record in records:
+            if record[0] == RECORD_HELLO or self.transport.is_closing():
+                break  # a HELLO mid-stream is malformed; a closed stream delivers no more
             deliver(*record)
+
+    def _hello(self, record: Tuple[int, str, bytes]) -> None:
+        if record[0] != RECORD_HELLO:
+            raise RelayProtocolError("a relay stream must start with HELLO")
+        sender, stream = decode_hello(record[2])
+        self._sender = sender
+        if not self._endpoint.claim(self, sender, stream):
+            log.info("relay: dropping a stale stream from relay epoch %d", sender)
+            self.transport.abort()
 
     def eof_received(self) -> None:
         # A sender that cut us off (we did not read) may have closed mid-record.
@@ -368,4 +411,4 @@ class _Inbound:
         self.transport.close()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self._registry.discard(self)
+        self._endpoint.stream_closed(self, self._sender)

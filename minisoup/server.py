@@ -609,7 +609,6 @@ class Server(SignalEmitter):
             access_log.info('%s "WEBSOCKET %s" closed %d %s', remote[0] if remote else "-",
                             quote_path(getattr(ws.get_uri(), "path", "-")), ws.get_close_code(),
                             ws.get_close_data() or "")
-        self._pubsub.connection_closed(ws)
         self._connection_closed(ws)
 
     # -- logging ---------------------------------------------------------------------------

@@ -574,6 +574,8 @@ class WebsocketConnection(SignalEmitter):
             self._close_timer.cancel()
             self._close_timer = None
         self._parser = None
+        if self._pubsub is not None:  # unsubscribed before "closed" handlers run
+            self._pubsub.connection_closed(self)
         self.emit("closed")
         if self._on_closed is not None:
             self._on_closed(self)

@@ -11,8 +11,8 @@ test_log = logging.getLogger("minisoup.test")
 
 def room(server):
     """``/room/TOPIC``: a WebSocket that sends ``"hello ID PID"`` on open and subscribes to
-    TOPIC (``room`` by default). A text message ``"flood N SIZE"`` makes this worker publish
-    N messages ``"I WORKER_ID xxx..."`` of about SIZE bytes at once; ``"all TEXT"`` is
+    TOPIC (``room`` by default). A text message ``"flood N SIZE TAG"`` makes this worker
+    publish N messages ``"I WORKER_ID TAG xxx..."`` of about SIZE bytes at once; ``"all TEXT"`` is
     published to everyone; any other message is published with ``exclude=`` the sender.
     A binary message is published as binary to everyone. A listener on ``room`` logs
     ``heard room DATA in worker ID``."""
@@ -32,11 +32,11 @@ def _said(connection, data_type, data, server, topic):
     if data_type == WebsocketDataType.BINARY:
         server.publish(topic, data)
     elif data.startswith("flood "):
-        _, count, size = data.split()
+        _, count, size, tag = data.split()
         worker = server.get_worker_id()
         padding = "x" * int(size)
         for i in range(int(count)):
-            server.publish(topic, "%d %d %s" % (i, worker, padding))
+            server.publish(topic, "%d %d %s %s" % (i, worker, tag, padding))
     elif data.startswith("all "):
         server.publish(topic, data[4:])
     else:
