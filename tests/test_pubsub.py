@@ -519,3 +519,23 @@ def test_stopped_worker_does_not_stall_the_others(room_server):
         proc.wait_log(r"relay: worker 2 \(relay epoch \d+\) reachable again; \d+ publication")
     finally:
         close_all(near + [far])
+
+
+@needs_fork
+def test_demo_chat_room_spans_the_workers():
+    proc = MinisoupProcess(None, workers=2)
+    try:
+        proc.start(workers_ready=2)
+        clients, seen = [], set()
+        while len(seen) < 2 and len(clients) < 20:
+            client = minisoup.websocket_connect("ws://127.0.0.1:%d/chat/ws" % proc.port,
+                                                timeout=5)
+            clients.append(client)
+            seen.add(client.recv(timeout=5)[1].split("]")[0])
+        assert seen == {"[worker 1", "[worker 2"}
+        clients[0].send_text("hello room")
+        lines = {client.recv(timeout=5)[1] for client in clients}
+        assert len(lines) == 1 and lines.pop().endswith("] hello room")
+        close_all(clients)
+    finally:
+        proc.kill()
