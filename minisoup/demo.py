@@ -1,7 +1,9 @@
 """The built-in demo app of ``python -m minisoup``: a page at ``/`` talking to an echo at ``/echo``.
 
 Also ``/worker``: a plain-text line naming the worker and pid that answered (handy to
-watch the pre-fork workers share the load, and for tests).
+watch the pre-fork workers share the load, and for tests), and ``/chat``: a chat room
+over publish/subscribe (WebSocket ``/chat/ws``, topic ``chat``) whose every line says
+which worker relayed it, so that a room spanning the pre-forked workers can be watched.
 """
 
 import os
@@ -57,11 +59,39 @@ document.getElementById("form").onsubmit = (event) => {
 """
 
 
+CHAT_TOPIC = "chat"
+CHAT_PAGE = (PAGE.replace("minisoup WebSocket echo", "minisoup chat room")
+             .replace('"/echo"', '"/chat/ws"')
+             .replace('show("> " + input.value, "sent");', ""))
+
+
 def register(server: Server) -> None:
-    """Add the demo's handlers to ``server``: ``/`` (HTML), ``/echo`` (WebSocket), ``/worker``."""
+    """Add the demo's handlers to ``server``: ``/`` (HTML), ``/echo`` (WebSocket), ``/worker``,
+    ``/chat`` (HTML) and ``/chat/ws`` (WebSocket)."""
     server.add_handler("/", _page)
     server.add_websocket_handler("/echo", None, None, _echo)
     server.add_handler("/worker", _worker)
+    server.add_handler("/chat", _chat_page)
+    server.add_websocket_handler("/chat/ws", None, None, _chat)
+
+
+def _chat_page(server: Server, msg: ServerMessage, path: str,
+               query: Optional[Dict[str, str]], user_data: Any) -> None:
+    msg.set_status(200)
+    msg.set_response("text/html; charset=utf-8", CHAT_PAGE)
+
+
+def _chat(server: Server, msg: ServerMessage, path: str, connection: WebsocketConnection,
+          user_data: Any) -> None:
+    connection.subscribe(CHAT_TOPIC)
+    connection.connect("message", _chat_message, server)
+    connection.send_text("[worker %d] you joined the room" % server.get_worker_id())
+
+
+def _chat_message(connection: WebsocketConnection, data_type: WebsocketDataType,
+                  data: Union[str, bytes], server: Server) -> None:
+    if data_type == WebsocketDataType.TEXT:  # everyone, the sender too: their line comes back
+        server.publish(CHAT_TOPIC, "[worker %d] %s" % (server.get_worker_id(), data[:1000]))
 
 
 def _page(server: Server, msg: ServerMessage, path: str, query: Optional[Dict[str, str]],

@@ -33,6 +33,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .relay import RelayDirectory, RelaySlot
+
 log = logging.getLogger("minisoup")
 
 # Defaults, in one place.
@@ -206,6 +208,7 @@ class Arbiter:
         self.pid = os.getpid()
         self.workers = {}  # type: Dict[int, WorkerRecord]   # pid → record
         self._table = None  # type: Optional[WorkerTable]
+        self._relay = None  # type: Optional[RelayDirectory]   # publish/subscribe between workers
         self._pipe = None  # type: Optional[tuple]
         self._sig_queue = []  # type: List[int]
         self._old_handlers = {}  # type: Dict[int, Any]
@@ -244,6 +247,7 @@ class Arbiter:
         set_log_tag("master pid %d" % self.pid)
         # Room for TTIN growth, a SIGHUP overlap and retiring workers still finishing.
         self._table = WorkerTable(4 * self.num_workers + 16)
+        self._relay = RelayDirectory(self._table.capacity)
         self._pipe = os.pipe()  # close-on-exec by default
         for fd in self._pipe:
             os.set_blocking(fd, False)
@@ -269,6 +273,9 @@ class Arbiter:
         if self._table is not None and not self.workers:
             self._table.close()
             self._table = None
+        if self._relay is not None and not self.workers:
+            self._relay.close()
+            self._relay = None
         log.info("master pid %d: stopped", self.pid)
         set_log_tag(None)
 
@@ -400,9 +407,16 @@ class Arbiter:
                       self._table.capacity)
             return None
         worker = WorkerRecord(worker_id, slot, now, self._generation)
+        try:
+            relay = self._relay.open_slot(slot, worker_id)  # before the fork: see relay.py
+        except OSError as exc:
+            self._table.release(slot)
+            log.error("master: cannot create the relay socket: %s; not forking", exc)
+            self._crashed(now)
+            return None
         process = WorkerProcess(self.server, worker_id, self._table, slot, self.pid,
                                 min(HEARTBEAT_INTERVAL_S,
-                                    self.worker_timeout / 4 or HEARTBEAT_INTERVAL_S))
+                                    self.worker_timeout / 4 or HEARTBEAT_INTERVAL_S), relay)
         _flush_std()  # or the child would write the parent's buffered output again
         # Block the signals the child must handle itself until it has installed its own
         # handlers: otherwise a SIGTERM right after the fork would run the master's.
@@ -412,12 +426,14 @@ class Arbiter:
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._table.release(slot)
+            self._relay.close_slot(slot)
             log.error("master: fork failed: %s", exc)
             self._crashed(now)
             return None
         if pid == 0:
             self._become_worker(process, mask)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._relay.forked(slot)
         worker.pid = pid
         self.workers[pid] = worker
         log.info("master: booted worker %d (pid %d)", worker_id, pid)
@@ -488,6 +504,7 @@ class Arbiter:
     def _worker_exited(self, worker: WorkerRecord, status: int) -> None:
         now = time.monotonic()
         self._table.release(worker.slot)
+        self._relay.close_slot(worker.slot)
         if worker is self._reload_new or worker is self._reload_old:
             # The replacement died: its old worker is still stale and is picked again.
             # The old one died: the replacement simply takes its place (same id).
@@ -586,8 +603,10 @@ class WorkerProcess:
     """
 
     def __init__(self, server: Any, worker_id: int, table: WorkerTable, slot: int,
-                 master_pid: int, heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> None:
+                 master_pid: int, heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+                 relay: Optional[RelaySlot] = None) -> None:
         self.server = server
+        self.relay = relay  # this worker's end of the publish/subscribe relay
         self.heartbeat_interval = heartbeat_interval
         self.worker_id = worker_id
         self.table = table
@@ -608,7 +627,7 @@ class WorkerProcess:
                    signal.SIGQUIT: self._on_quit, BALANCE_KICK_SIGNAL: self._on_kick}
         # reach-in: Server's declared pre-fork entry point (the master → worker hand-over).
         self.server._run_worker(self.worker_id, self.balancer, signals,
-                                lambda: self._ready(sigmask))
+                                lambda: self._ready(sigmask), self.relay)
 
     def _ready(self, sigmask: Any) -> None:
         # The app's worker-started callbacks have run; the loop is about to serve.

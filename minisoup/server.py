@@ -14,6 +14,7 @@ from .handshake import HandshakeError, server_handshake
 from .http import _check_text, build_response_head, quote_path
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
+from .pubsub import PubSub, Subscription
 from .signals import SignalEmitter, last_callback
 from .tls import ListenOptions, TlsAuthMode, TlsConfig, TLSTransport
 from .websocket import WebsocketConnection, WebsocketConnectionType
@@ -135,6 +136,7 @@ class Server(SignalEmitter):
         self._stop_deadline = 0.0
         self._accept_paused_until = 0.0
         self._gate = None  # type: Optional[AcceptGate]   # a pre-fork worker's balancer
+        self._pubsub = PubSub(self)  # publish/subscribe (SPEC 9); each worker has its own
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers
@@ -370,6 +372,25 @@ class Server(SignalEmitter):
         loop.wakeup()
         return handle
 
+    # -- publish/subscribe (SPEC 9) ------------------------------------------------------------
+    def publish(self, topic: str, data: Any, exclude: Optional[WebsocketConnection] = None
+                ) -> None:
+        """Send ``data`` to every WebSocket subscribed to ``topic`` (``conn.subscribe``) in
+        every worker of this server: ``str`` as a TEXT message, ``bytes`` as BINARY.
+
+        ``exclude``: a connection that must not receive it (the sender). Never blocks;
+        delivery is at most once, in publication order per worker and topic. Also runs
+        the :meth:`subscribe` listeners of ``topic`` in every worker. ``TypeError`` /
+        ``ValueError`` for a topic that is not 1-1024 bytes of text or data over 16 MiB.
+        """
+        self._pubsub.publish(topic, data, exclude)
+
+    def subscribe(self, topic: str, callback: Callable[..., Any], *user_data: Any) -> Subscription:
+        """Call ``callback(server, topic, data, *user_data)`` for each publication on
+        ``topic``, in this process: registered before :meth:`run`, in every worker.
+        Returns a handle; ``handle.cancel()`` stops it."""
+        return self._pubsub.add_listener(topic, callback, user_data)
+
     def get_worker_id(self) -> int:
         """The worker this code runs in: 1..N under ``run(workers=N)``, 0 otherwise."""
         return self._worker_id
@@ -388,7 +409,7 @@ class Server(SignalEmitter):
 
     def _run_worker(self, worker_id: int, gate: AcceptGate,
                     signals: Mapping[int, Callable[[int], None]],
-                    on_ready: Callable[[], None]) -> None:
+                    on_ready: Callable[[], None], relay: Any = None) -> None:
         """Serve as pre-fork worker ``worker_id``, in the forked child, until stopped.
 
         The one entry point of ``prefork.WorkerProcess`` (the hand-over master → worker):
@@ -396,7 +417,8 @@ class Server(SignalEmitter):
         must not be shared) that adopts the callbacks scheduled before the fork, no
         connections, not stopping — takes ``gate`` as the accept gate, runs ``signals``
         (signum → ``callback(signum)``) from the loop in place of the single-process
-        handlers, emits ``worker-started``, calls ``on_ready()`` and serves.
+        handlers, joins the publish/subscribe ``relay`` (a ``relay.RelaySlot``, if
+        given), emits ``worker-started``, calls ``on_ready()`` and serves.
         """
         inherited = self._loop
         self._loop = Loop()
@@ -413,6 +435,8 @@ class Server(SignalEmitter):
         gate.attach(self._update_accepting)
         for signum, callback in signals.items():
             self._loop.add_signal_handler(signum, callback)
+        if relay is not None:
+            self._pubsub.attach_relay(relay.start(self._loop, self._pubsub.deliver_record))
         self.emit("worker-started")
         on_ready()
         self._serve(install_signals=False)
@@ -639,6 +663,7 @@ class Server(SignalEmitter):
                                  write_buffer_limit=self.write_buffer_limit,
                                  on_closed=self._websocket_closed)
         ws._remote = msg.get_remote_address()
+        ws.attach_pubsub(self._pubsub)
         self._websockets.add(ws)
         transport.set_protocol(ws)
         transport.cork_reads = True

@@ -9,7 +9,7 @@ timers come from ``clock.call_later``. The frame format itself is ``frames.py``.
 import enum
 import logging
 import secrets
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Union
 
 from .errors import Error
 from .frames import (CloseCode, FrameParser, Opcode, ProtocolError, Utf8Validator,
@@ -89,7 +89,7 @@ class WebsocketConnection(SignalEmitter):
                  "_msg_ext", "_utf8", "_max_total", "_keepalive_interval",
                  "_keepalive_pong_timeout", "_keepalive_timer", "_pong_timer", "_close_timer",
                  "_close_timeout", "_write_buffer_limit", "_on_closed", "_signals",
-                 "_discarding", "_remote", "_max_payload", "__weakref__")
+                 "_discarding", "_remote", "_max_payload", "_pubsub", "__weakref__")
 
     def __init__(self, transport: Any, connection_type: WebsocketConnectionType, clock: Any,
                  uri: Any = None, origin: Optional[str] = None, protocol: Optional[str] = None,
@@ -134,6 +134,7 @@ class WebsocketConnection(SignalEmitter):
         self._signals = None  # created on the first connect(): idle connections stay small
         self._discarding = False
         self._remote = None
+        self._pubsub = None  # the server's pubsub.PubSub (attach_pubsub), server side only
 
     def _handlers_map(self) -> dict:
         if self._signals is None:
@@ -263,20 +264,71 @@ class WebsocketConnection(SignalEmitter):
         else:
             header = frame_header(opcode, len(payload), True, rsv)
         transport = self.transport
-        limit = self._write_buffer_limit
-        # Checked before queueing: a message bigger than the limit still goes out to a peer
-        # that reads, while one that does not is cut at the next message (memory stays under
-        # the limit plus one message).
-        if limit and opcode != _OP_CLOSE and transport.get_write_buffer_size() > limit:
-            log.warning("WebSocket peer %s is not reading: %d bytes queued (write_buffer_limit "
-                        "%d); closing with 1008", self._remote, transport.get_write_buffer_size(),
-                        limit)
-            self._fail(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
+        if opcode != _OP_CLOSE and self._write_limit_exceeded():
             return
         if len(payload) < JOIN_BELOW:
             transport.write(header + payload)
         else:
             transport.writelines([header, payload])
+
+    def _write_limit_exceeded(self) -> bool:
+        # Checked before queueing: a message bigger than the limit still goes out to a peer
+        # that reads, while one that does not is cut at the next message (memory stays under
+        # the limit plus one message). True: the connection has been failed with 1008.
+        limit = self._write_buffer_limit
+        if not limit or self.transport.get_write_buffer_size() <= limit:
+            return False
+        log.warning("WebSocket peer %s is not reading: %d bytes queued (write_buffer_limit "
+                    "%d); closing with 1008", self._remote, self.transport.get_write_buffer_size(),
+                    limit)
+        self._fail(CloseCode.POLICY_VIOLATION, "write buffer limit exceeded")
+        return True
+
+    # -- publish/subscribe (SPEC 9; the registry is the server's pubsub.PubSub) ---------------
+    def attach_pubsub(self, pubsub: Any) -> None:
+        """Server hook, at the upgrade: the ``pubsub.PubSub`` that :meth:`subscribe` uses."""
+        self._pubsub = pubsub
+
+    def subscribe(self, topic: str) -> None:
+        """Receive every message ``server.publish``-ed on ``topic`` (in any worker) until
+        :meth:`unsubscribe` or the close. Server-side connections only (``RuntimeError``
+        otherwise); a closed connection is ignored."""
+        if self._pubsub is None:
+            raise RuntimeError("subscribe() is for server-side WebSocket connections")
+        self._pubsub.subscribe(self, topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic`` (no-op if not subscribed)."""
+        if self._pubsub is not None:
+            self._pubsub.unsubscribe(self, topic)
+
+    def get_topics(self) -> FrozenSet[str]:
+        """The topics this connection is subscribed to (empty once closed)."""
+        return self._pubsub.topics_of(self) if self._pubsub is not None else frozenset()
+
+    def send_broadcast(self, type: int, payload: bytes, frame: Sequence[bytes]) -> None:
+        """Queue one message that many connections receive (a publication).
+
+        ``payload`` is the message (UTF-8 for TEXT, already checked); ``frame`` the
+        same message framed once for all (``frames.frame_header`` + payload, as one
+        buffer or, for a big payload, ``(header, payload)``). A server-side connection
+        without extensions sends ``frame`` as is: no framing per subscriber. Others
+        (permessage-deflate) encode ``payload`` themselves. Silently ignored unless OPEN:
+        a subscriber that is closing is not an error.
+        """
+        if self._state != _OPEN:
+            return
+        if self._extensions or self._type != WebsocketConnectionType.SERVER:
+            rsv = 0
+            for ext in self._extensions:
+                payload, ext_rsv = ext.encode(payload)
+                rsv |= ext_rsv
+            self._send_frame(int(type), payload, rsv)
+        elif not self._write_limit_exceeded():
+            if len(frame) == 1:
+                self.transport.write(frame[0])
+            else:
+                self.transport.writelines(frame)
 
     # -- receiving ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -522,6 +574,8 @@ class WebsocketConnection(SignalEmitter):
             self._close_timer.cancel()
             self._close_timer = None
         self._parser = None
+        if self._pubsub is not None:  # unsubscribed before "closed" handlers run
+            self._pubsub.connection_closed(self)
         self.emit("closed")
         if self._on_closed is not None:
             self._on_closed(self)
