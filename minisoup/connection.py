@@ -446,10 +446,10 @@ class HTTPConnection:
                        final: bool = True) -> str:
         """Complete a response's headers (Date, Server; Connection for a ``final`` one,
         i.e. not the 101 of an upgrade); returns the HTTP version to answer with."""
-        if "Date" not in headers:
+        if headers.get_one("Date") is None:
             _add_trusted(headers, "Date", http_date())
         server_header = self.server.server_header
-        if server_header and "Server" not in headers:
+        if server_header and headers.get_one("Server") is None:
             _add_trusted(headers, "Server", server_header)
         req = self.request  # None for an unparsable request: answered as HTTP/1.1
         version = req.version if req is not None else "HTTP/1.1"
@@ -458,7 +458,8 @@ class HTTPConnection:
         # As libsoup: a response that says "Connection: close" ends the connection (RFC
         # 9112 §9.6: the server MUST then close after it). The failed handshake says it.
         if (not self.keep_alive
-                or ("Connection" in headers and headers.header_contains("Connection", "close"))):
+                or (headers.get_one("Connection") is not None
+                    and headers.header_contains("Connection", "close"))):
             self.keep_alive = False
             _set_trusted(headers, "Connection", "close")
         elif version == "HTTP/1.0":
