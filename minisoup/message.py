@@ -1,6 +1,7 @@
 """``ServerMessage``: one request and its response (libsoup's SoupServerMessage)."""
 
-from typing import Any, List, Optional, Tuple, Union
+import time
+from typing import Any, Callable, List, Optional, Tuple, Union
 from urllib.parse import SplitResult, urljoin
 
 from .http import MessageHeaders, _check_text, quote_path, reason_phrase
@@ -25,7 +26,7 @@ class ResponseBody:
         self._chunks = []  # type: List[bytes]
         self._length = 0
         self.completed = False
-        self._stream = None  # set by the connection while streaming: callable(bytes|None)
+        self._stream = None  # set by stream_to() while streaming: callable(bytes|None)
 
     def append(self, data: Union[bytes, str]) -> None:
         """Add ``data`` (``str`` is encoded as UTF-8) to the body."""
@@ -47,8 +48,9 @@ class ResponseBody:
         if self.completed:
             return
         self.completed = True
-        if self._stream is not None:
-            self._stream(None)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream(None)
 
     def truncate(self) -> None:
         """Drop everything appended so far (not what was already streamed)."""
@@ -69,9 +71,15 @@ class ResponseBody:
 
     get_data = flatten
 
-    def _take(self) -> List[bytes]:
+    def stream_to(self, sink: Callable[[Optional[bytes]], None]) -> None:
+        """For the connection: send the body to ``sink`` from now on (a streamed response).
+
+        What was appended so far goes to ``sink`` at once and is not kept; each later
+        :meth:`append` calls ``sink(data)``, and :meth:`complete` calls ``sink(None)``."""
         chunks, self._chunks, self._length = self._chunks, [], 0
-        return chunks
+        self._stream = sink
+        for data in chunks:
+            sink(data)
 
     def __len__(self) -> int:
         return self._length
@@ -109,7 +117,7 @@ class ServerMessage:
         self._response_headers = MessageHeaders()
         self._response_body = ResponseBody()
         self._paused = False
-        self._started = 0.0
+        self._started = time.monotonic()
 
     # -- the request ------------------------------------------------------------
     def get_method(self) -> str:
@@ -222,6 +230,30 @@ class ServerMessage:
     def is_paused(self) -> bool:
         """True between :meth:`pause` and :meth:`unpause`."""
         return self._paused
+
+    # -- for the connection only (libsoup's soup-server-message-private.h) ----------------
+    # What the connection may do to a message, named; handlers do not call these.
+    def set_request_body(self, body: bytes) -> None:
+        """For the connection: the request body has been read."""
+        self._request_body = body
+
+    def cleanup_response(self) -> None:
+        """For the connection: forget the response built so far (status, reason, headers,
+        body) and any pause, before the connection answers with an error of its own."""
+        self._paused = False
+        self._status = 0
+        self._reason = None
+        self._response_headers.clear()
+        self._response_body.set(b"")
+
+    def detach(self) -> None:
+        """For the connection: it is done with this message (answered, aborted or handed
+        over), so a later :meth:`unpause` does nothing."""
+        self._conn = None
+
+    def get_start_time(self) -> float:
+        """When the request head was read (``time.monotonic()``), for the access log."""
+        return self._started
 
     def __repr__(self) -> str:
         return "<ServerMessage %s %s %d>" % (self._method, self._uri.path, self._status)

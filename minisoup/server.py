@@ -5,19 +5,20 @@ import logging
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Protocol, Sequence,
+                    Tuple, Union)
 from urllib.parse import SplitResult
 
 from ._version import __version__
-from .connection import CLOSED, HTTPConnection
+from .connection import HTTPConnection
 from .handshake import HandshakeError, server_handshake
-from .http import _check_text, build_response_head, quote_path
+from .http import _check_text, quote_path
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
 from .pubsub import PubSub, Subscription
 from .signals import SignalEmitter, last_callback
 from .tls import ListenOptions, TlsAuthMode, TlsConfig, TLSTransport
-from .websocket import WebsocketConnection, WebsocketConnectionType
+from .websocket import CloseCode, WebsocketConnection, WebsocketConnectionType
 
 log = logging.getLogger("minisoup")
 access_log = logging.getLogger("minisoup.access")
@@ -61,6 +62,23 @@ class AcceptGate(Protocol):
         """Keep ``recheck``: calling it makes the server ask :meth:`may_accept` again."""
 
 
+class Handler(NamedTuple):
+    """An early or normal handler as registered: ``callback(server, msg, path, query,
+    user_data)``, and ``destroy(user_data)`` when it is removed (or ``None``)."""
+    callback: Callable
+    user_data: Any
+    destroy: Optional[Callable]
+
+
+class WebsocketHandler(NamedTuple):
+    """A WebSocket handler as registered (``add_websocket_handler``'s arguments)."""
+    callback: Callable
+    user_data: Any
+    destroy: Optional[Callable]
+    origin: Optional[str]
+    protocols: Optional[Tuple[str, ...]]
+
+
 class _Entry:
     """One path's slot in the table: at most one early, one normal, one WebSocket handler."""
 
@@ -68,12 +86,34 @@ class _Entry:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.early = None  # type: Optional[tuple]   # (callback, user_data, destroy)
-        self.normal = None  # type: Optional[tuple]
-        self.websocket = None  # type: Optional[tuple]  # (callback, user_data, destroy, origin, protocols)
+        self.early = None  # type: Optional[Handler]
+        self.normal = None  # type: Optional[Handler]
+        self.websocket = None  # type: Optional[WebsocketHandler]
 
     def is_empty(self) -> bool:
         return self.early is None and self.normal is None and self.websocket is None
+
+
+class _ConnectionOwner:
+    """The server's side of the seam with its HTTP connections (``connection.ConnectionOwner``).
+
+    Built by the server from its own bound methods, so that a connection calls
+    ``owner.lookup(path)`` at the cost of a plain method call and never touches the
+    server's private fields.
+    """
+
+    __slots__ = ("server", "lookup", "upgrade", "connection_closed", "access_log", "emit",
+                 "call_soon")
+
+    def __init__(self, server: "Server", lookup: Callable, upgrade: Callable,
+                 connection_closed: Callable, access_log: Callable) -> None:
+        self.server = server
+        self.lookup = lookup
+        self.upgrade = upgrade
+        self.connection_closed = connection_closed
+        self.access_log = access_log
+        self.emit = server.emit
+        self.call_soon = server.call_soon
 
 
 def _default_extensions() -> list:
@@ -137,6 +177,8 @@ class Server(SignalEmitter):
         self._accept_paused_until = 0.0
         self._gate = None  # type: Optional[AcceptGate]   # a pre-fork worker's balancer
         self._pubsub = PubSub(self)  # publish/subscribe (SPEC 9); each worker has its own
+        self._owner = _ConnectionOwner(self, self._lookup, self._websocket_handshake,
+                                       self._connection_closed, self._access_log)
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers
@@ -163,14 +205,14 @@ class Server(SignalEmitter):
         """
         entry = self._entry(path)
         _destroy(entry.normal)
-        entry.normal = (callback, user_data, destroy)
+        entry.normal = Handler(callback, user_data, destroy)
 
     def add_early_handler(self, path: Optional[str], callback: Callable, user_data: Any = None,
                           destroy: Optional[Callable] = None) -> None:
         """Like :meth:`add_handler`, but run as soon as the headers are read (before the body)."""
         entry = self._entry(path)
         _destroy(entry.early)
-        entry.early = (callback, user_data, destroy)
+        entry.early = Handler(callback, user_data, destroy)
 
     def add_websocket_handler(self, path: Optional[str], origin: Optional[str],
                               protocols: Optional[Sequence[str]], callback: Callable,
@@ -191,7 +233,7 @@ class Server(SignalEmitter):
             protocols = tuple(protocols)
         entry = self._entry(path)
         _destroy(entry.websocket)
-        entry.websocket = (callback, user_data, destroy, origin, protocols)
+        entry.websocket = WebsocketHandler(callback, user_data, destroy, origin, protocols)
 
     def remove_handler(self, path: Optional[str]) -> None:
         """Remove the early, normal and WebSocket handlers at exactly ``path``."""
@@ -490,7 +532,8 @@ class Server(SignalEmitter):
         self._stopping = True
         self._stop_accepting()
         for ws in list(self._websockets):
-            ws._server_going_away()  # close frames are written at once when the socket takes them
+            # After what each has queued; the close frames go out as the sockets take them.
+            ws.close(CloseCode.GOING_AWAY, "server shutting down")
         if not graceful:
             self._stop_deadline = float("inf")  # the loop stops now; no timeout warning
             for conn in list(self._http) + list(self._websockets):
@@ -603,10 +646,10 @@ class Server(SignalEmitter):
         except OSError:
             local = None
         if listener is not None and listener in self._https_listeners:
-            conn = HTTPConnection(self, None, addr, local, scheme="https")
+            conn = HTTPConnection(self._owner, None, addr, local, scheme="https")
             conn.transport = TLSTransport(self._loop, sock, conn, self._tls.context, addr)
         else:
-            conn = HTTPConnection(self, None, addr, local)
+            conn = HTTPConnection(self._owner, None, addr, local)
             conn.transport = SocketTransport(self._loop, sock, conn)
         self._http.add(conn)
         if self._gate is not None:
@@ -622,56 +665,51 @@ class Server(SignalEmitter):
         elif not self._accepting:
             self._update_accepting()
 
-    # -- WebSocket upgrade -------------------------------------------------------------------
-    def _websocket_handshake(self, conn: HTTPConnection, msg: ServerMessage, handler: tuple) -> bool:
+    # -- WebSocket upgrade: the policy; the handover is HTTPConnection.take_over() ------------
+    def _websocket_handshake(self, conn: HTTPConnection, msg: ServerMessage,
+                             handler: WebsocketHandler) -> bool:
         """Check the handshake; on success write the 101 and hand over. Returns True if upgraded."""
-        callback, user_data, _destroy_cb, origin, protocols = handler
         headers = msg.get_request_headers()
+        response_headers = msg.get_response_headers()
         try:
             result = server_handshake(msg.get_method(), msg.get_http_version(), headers,
-                                      origin, protocols, self._extensions)
+                                      handler.origin, handler.protocols, self._extensions)
         except HandshakeError as exc:
             log.info("WebSocket handshake refused for %s: %d %s",
                      msg.get_remote_host(), exc.status, exc.message)
             msg.set_status(exc.status)
             for name, value in exc.headers:
-                msg.get_response_headers().replace(name, value)
-            msg.get_response_headers().replace("Connection", "close")
+                response_headers.replace(name, value)
+            response_headers.replace("Connection", "close")  # the connection closes after it
             msg.set_response("text/plain; charset=utf-8", exc.message + "\n")
-            conn._must_close = True
             return False
         msg.set_status(101)
-        response_headers = msg.get_response_headers()
         for name, value in result.headers:
             response_headers.replace(name, value)
-        version = conn._response_head(msg, 101)
         response_headers.replace("Connection", "Upgrade")
-        conn.transport.write(build_response_head(version, 101, msg.get_reason_phrase(),
-                                                 response_headers))
-        conn.transport.flush()  # the callback runs once the 101 is written (SPEC 1)
-        transport = conn.transport
-        leftover = conn.parser.take_buffer()
+        # The callback runs once the 101 is written (SPEC 1): take_over() flushes it.
+        transport, leftover = conn.take_over()
         self._http.discard(conn)
-        conn.state = CLOSED  # for HTTP purposes: the stream now belongs to the WebSocket
-        conn.msg = None
-        msg._conn = None
+        if transport.is_closing():
+            return True  # the peer left during the 101: the request was aborted
         ws = WebsocketConnection(transport, WebsocketConnectionType.SERVER, self._loop,
                                  uri=_websocket_uri(msg.get_uri()),
                                  origin=headers.get_one("Origin"),
                                  protocol=result.protocol, extensions=result.extensions,
                                  close_timeout=self.close_timeout,
                                  write_buffer_limit=self.write_buffer_limit,
-                                 on_closed=self._websocket_closed)
-        ws._remote = msg.get_remote_address()
+                                 on_closed=self._websocket_closed,
+                                 remote=msg.get_remote_address())
         ws.attach_pubsub(self._pubsub)
         self._websockets.add(ws)
         transport.set_protocol(ws)
         transport.cork_reads = True
         self._access_log(msg, 0)
         self.emit("request-finished", msg)
+        callback = handler.callback
         last_callback.value = callback
         try:
-            callback(self, msg, msg.get_uri().path, ws, user_data)
+            callback(self, msg, msg.get_uri().path, ws, handler.user_data)
         except Exception:
             log.exception("exception in WebSocket handler %r", callback)
             ws.close(1011, "handler error")
@@ -692,7 +730,7 @@ class Server(SignalEmitter):
     def _access_log(self, msg: ServerMessage, length: int) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
-        elapsed = (time.monotonic() - msg._started) * 1000.0 if msg._started else 0.0
+        elapsed = (time.monotonic() - msg.get_start_time()) * 1000.0
         access_log.info('%s "%s %s %s" %d %d %.1fms', msg.get_remote_host() or "-",
                         msg.get_method(), quote_path(msg.get_uri().path), msg.get_http_version(),
                         msg.get_status(), length, elapsed)
@@ -711,9 +749,9 @@ def _normalize_path(path: Optional[str]) -> str:
     return path
 
 
-def _destroy(handler: Optional[tuple]) -> None:
-    if handler is not None and handler[2] is not None:
+def _destroy(handler: Union[Handler, WebsocketHandler, None]) -> None:
+    if handler is not None and handler.destroy is not None:
         try:
-            handler[2](handler[1])
+            handler.destroy(handler.user_data)
         except Exception:
-            log.exception("exception in destroy notifier %r", handler[2])
+            log.exception("exception in destroy notifier %r", handler.destroy)

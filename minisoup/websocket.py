@@ -80,6 +80,9 @@ class WebsocketConnection(SignalEmitter):
     ``pong(data)``; ``closing()``; ``closed()`` (exactly once, however it ended);
     ``error(exc)`` with a :class:`WebsocketError`. An exception raised by a signal
     callback is logged and the connection is closed with 1011.
+
+    Built by the server after the 101 (``remote`` is the peer's address, for
+    :meth:`get_remote_address` and the logs) or by the blocking client.
     """
 
     SIGNALS = ("message", "pong", "closing", "closed", "error")
@@ -95,7 +98,8 @@ class WebsocketConnection(SignalEmitter):
                  uri: Any = None, origin: Optional[str] = None, protocol: Optional[str] = None,
                  extensions: Optional[List[Any]] = None,
                  close_timeout: float = DEFAULT_CLOSE_TIMEOUT, write_buffer_limit: int = 0,
-                 on_closed: Optional[Callable[["WebsocketConnection"], None]] = None) -> None:
+                 on_closed: Optional[Callable[["WebsocketConnection"], None]] = None,
+                 remote: Any = None) -> None:
         self.transport = transport
         self._type = WebsocketConnectionType(connection_type)
         self._clock = clock
@@ -133,7 +137,7 @@ class WebsocketConnection(SignalEmitter):
         self._on_closed = on_closed
         self._signals = None  # created on the first connect(): idle connections stay small
         self._discarding = False
-        self._remote = None
+        self._remote = remote  # the peer's address, for get_remote_address() and the logs
         self._pubsub = None  # the server's pubsub.PubSub (attach_pubsub), server side only
 
     def _handlers_map(self) -> dict:
@@ -460,6 +464,8 @@ class WebsocketConnection(SignalEmitter):
 
         The TCP connection is closed when the peer answers with its close frame, or
         after the server's ``close_timeout``. A code of 0 or 1005 sends no code.
+        Messages sent before go out before the close frame: a stopping server calls
+        ``close(CloseCode.GOING_AWAY, ...)`` and the peer still gets what was queued.
         """
         if self._state != _OPEN or self._sent_close:
             return
@@ -470,9 +476,6 @@ class WebsocketConnection(SignalEmitter):
         self._set_closing()
         self._write_close(code, data or "")
         self._arm_close_timer()
-
-    def _server_going_away(self) -> None:
-        self.close(CloseCode.GOING_AWAY, "server shutting down")
 
     def _set_closing(self) -> None:
         if self._state == _OPEN:
