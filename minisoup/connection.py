@@ -50,7 +50,7 @@ _HEAD, _IDLE, _EARLY, _BODY, _HANDLER, _STREAMING, _DRAINING, _YIELDED, _UPGRADE
 _AFTER_RESPONSE = (_HEAD, _IDLE, _DRAINING, _CLOSED)
 
 # Every state change the connection may make; anything else is a bug and raises at once.
-TRANSITIONS = {
+TRANSITIONS: Dict[ConnState, Tuple[ConnState, ...]] = {
     _HEAD: (_EARLY, _YIELDED, _CLOSED),        # a head parsed (or a parse error answered)
     _IDLE: (_EARLY, _HEAD, _CLOSED),           # the next request came: whole head, or a part
     _EARLY: (_BODY, _HANDLER, _STREAMING) + _AFTER_RESPONSE,  # HANDLER: no body to read
@@ -61,10 +61,10 @@ TRANSITIONS = {
     _YIELDED: (_HEAD, _CLOSED),                # the next loop turn
     _UPGRADED: (_CLOSED,),                     # only if the peer left during the 101
     _CLOSED: (),
-}  # type: Dict[ConnState, Tuple[ConnState, ...]]
+}
 # The same as sets, for _set_state (a frozenset of IntEnums is a C-level lookup).
-_ALLOWED = {state: frozenset(nexts) for state, nexts in TRANSITIONS.items()
-            }  # type: Dict[ConnState, FrozenSet[ConnState]]
+_ALLOWED: Dict[ConnState, FrozenSet[ConnState]] = {
+    state: frozenset(nexts) for state, nexts in TRANSITIONS.items()}
 # States whose deadline the periodic sweep enforces (waiting for the peer to send).
 _TIMED = frozenset((_HEAD, _IDLE, _BODY))
 
@@ -99,7 +99,7 @@ class ConnectionOwner(Protocol):
     connections; tests provide a fake.
     """
 
-    server = None  # type: Any
+    server: Any = None
 
     def lookup(self, path: str) -> Any:
         """The handler entry for ``path`` (``.path``, ``.early``, ``.normal``,
@@ -144,7 +144,7 @@ class HTTPConnection:
         self.transport = transport
         self.parser = RequestParser(server.max_header_size, server.max_body_size)
         self.state = _HEAD
-        self.msg = None  # type: Optional[ServerMessage]
+        self.msg: Optional[ServerMessage] = None
         self.request = None
         self.entry = None
         self.remote = remote

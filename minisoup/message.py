@@ -23,7 +23,7 @@ class ResponseBody:
     __slots__ = ("_chunks", "_length", "completed", "_stream")
 
     def __init__(self) -> None:
-        self._chunks = []  # type: List[bytes]
+        self._chunks: List[bytes] = []
         self._length = 0
         self.completed = False
         self._stream = None  # set by stream_to() while streaming: callable(bytes|None)
@@ -113,7 +113,7 @@ class ServerMessage:
         self._remote = remote
         self._local = local
         self._status = 0
-        self._reason = None  # type: Optional[str]
+        self._reason: Optional[str] = None
         self._response_headers = MessageHeaders()
         self._response_body = ResponseBody()
         self._paused = False

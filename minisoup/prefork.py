@@ -63,8 +63,8 @@ SLOT_FREE, SLOT_BOOTING, SLOT_SERVING, SLOT_RETIRING = 0, 1, 2, 3
 
 
 # -- log tag -------------------------------------------------------------------------------
-_log_tag = None  # type: Optional[str]
-_tag_factory = None  # type: Optional[Callable[..., logging.LogRecord]]   # the one installed
+_log_tag: Optional[str] = None
+_tag_factory: Optional[Callable[..., logging.LogRecord]] = None  # the one installed
 
 
 def set_log_tag(tag: Optional[str]) -> None:
@@ -206,12 +206,12 @@ class Arbiter:
         self.graceful_timeout = float(graceful_timeout if graceful_timeout is not None else
                                       server.graceful_timeout)
         self.pid = os.getpid()
-        self.workers = {}  # type: Dict[int, WorkerRecord]   # pid → record
-        self._table = None  # type: Optional[WorkerTable]
-        self._relay = None  # type: Optional[RelayDirectory]   # publish/subscribe between workers
-        self._pipe = None  # type: Optional[tuple]
-        self._sig_queue = []  # type: List[int]
-        self._old_handlers = {}  # type: Dict[int, Any]
+        self.workers: Dict[int, WorkerRecord] = {}  # pid → record
+        self._table: Optional[WorkerTable] = None
+        self._relay: Optional[RelayDirectory] = None  # publish/subscribe between workers
+        self._pipe: Optional[tuple] = None
+        self._sig_queue: List[int] = []
+        self._old_handlers: Dict[int, Any] = {}
         self._stopping = False
         self._backoff = 0.0
         self._next_spawn = 0.0
@@ -219,8 +219,8 @@ class Arbiter:
         # replaced one at a time; _reload_old is the one the replacement in flight,
         # _reload_new, takes over from (same id).
         self._generation = 0
-        self._reload_old = None  # type: Optional[WorkerRecord]
-        self._reload_new = None  # type: Optional[WorkerRecord]
+        self._reload_old: Optional[WorkerRecord] = None
+        self._reload_new: Optional[WorkerRecord] = None
 
     # -- main loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -612,7 +612,7 @@ class WorkerProcess:
         self.table = table
         self.slot = slot
         self.master_pid = master_pid
-        self.balancer = None  # type: Optional[Balancer]
+        self.balancer: Optional[Balancer] = None
         self.stopping = False
 
     def run(self, sigmask: Any) -> None:
@@ -715,10 +715,10 @@ class Balancer:
         self.table = table
         self.slot = slot
         self._call_later = call_later
-        self._ask_again = None  # type: Optional[Callable[[], None]]   # from attach()
+        self._ask_again: Optional[Callable[[], None]] = None  # from attach()
         self._stale_after = BALANCE_STALE_HEARTBEATS * heartbeat_interval
         self._count = 0              # this worker's live connections
-        self._recheck = None  # type: Any
+        self._recheck: Any = None
         self._overflow = False       # accepting above the limit: the others are stuck
         self._stall_since = 0.0      # when a waiting connection was first seen (0: none)
         self._stall_others = 0       # the others' accept counters at that moment

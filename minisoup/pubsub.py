@@ -153,7 +153,7 @@ class Subscription:
         self.topic = topic
         self.callback = callback
         self.user_data = user_data
-        self._registry = registry  # type: Optional[TopicRegistry]
+        self._registry: Optional[TopicRegistry] = registry
 
     def cancel(self) -> None:
         """Stop calling the callback (idempotent; takes effect for the next publication)."""
@@ -177,9 +177,9 @@ class TopicRegistry:
     __slots__ = ("_connections", "_topics", "_listeners")
 
     def __init__(self) -> None:
-        self._connections = {}  # type: Dict[str, Dict[Any, None]]
-        self._topics = {}  # type: Dict[Any, set]
-        self._listeners = {}  # type: Dict[str, List[Subscription]]
+        self._connections: Dict[str, Dict[Any, None]] = {}
+        self._topics: Dict[Any, set] = {}
+        self._listeners: Dict[str, List[Subscription]] = {}
 
     def subscribe(self, conn: Any, topic: str) -> None:
         """Add ``conn`` to ``topic`` (no-op if already there)."""
@@ -248,7 +248,7 @@ class PubSub:
     def __init__(self, server: Any) -> None:
         self._server = server
         self._registry = TopicRegistry()
-        self._relay = None  # type: Any   # relay.RelayEndpoint, in a pre-forked worker
+        self._relay: Any = None  # relay.RelayEndpoint, in a pre-forked worker
 
     def attach_relay(self, relay: Any) -> None:
         """Use ``relay`` (an object with ``send(record)``) to reach the other workers."""
@@ -330,7 +330,7 @@ class PubSub:
         listeners = registry.listeners(topic)
         if listeners:
             if data_type == _TEXT:
-                data = text if text is not None else payload.decode("utf-8")  # type: Data
+                data: Data = text if text is not None else payload.decode("utf-8")
             else:
                 data = payload
             server = self._server

@@ -81,7 +81,7 @@ class RelayDirectory:
         self.epochs = self._view[:8 * capacity].cast("q")
         self.worker_ids = self._view[8 * capacity:].cast("q")
         self._next_epoch = 1
-        self._listeners = {}  # type: Dict[int, socket.socket]   # master: not yet handed over
+        self._listeners: Dict[int, socket.socket] = {}  # master: not yet handed over
 
     def socket_path(self, epoch: int) -> str:
         """The socket file of the worker with ``epoch``."""
@@ -175,13 +175,13 @@ class RelayEndpoint:
         self._streams_opened = 0
         self._listener = slot.listener
         self.deliver = deliver
-        self._batch = []  # type: List[bytes]
+        self._batch: List[bytes] = []
         self._batch_size = 0
-        self._flush_handle = None  # type: Any
-        self._peers = {}  # type: Dict[int, _Peer]   # slot → outgoing stream
-        self._inbound = set()  # type: set
+        self._flush_handle: Any = None
+        self._peers: Dict[int, _Peer] = {}  # slot → outgoing stream
+        self._inbound: set = set()
         # sender epoch → (its newest stream number seen, that stream): see pubsub's HELLO.
-        self._newest = {}  # type: Dict[int, Tuple[int, _Inbound]]
+        self._newest: Dict[int, Tuple[int, _Inbound]] = {}
         loop.add_reader(self._listener, self._on_accept)
 
     # -- sending ------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ class _Peer:
         self._directory = endpoint.directory
         self.slot = slot
         self.epoch = epoch
-        self.transport = None  # type: Optional[SocketTransport]
+        self.transport: Optional[SocketTransport] = None
         self.retry_at = 0.0      # while cut off or unreachable: no connection before this
         self.dropped = 0         # publications dropped for this peer since the last report
         self.discarded_bytes = 0  # queued bytes discarded at cut-offs since the last report
@@ -374,7 +374,7 @@ class _Inbound:
     __slots__ = ("transport", "_parser", "_endpoint", "_sender")
 
     def __init__(self, endpoint: RelayEndpoint) -> None:
-        self.transport = None  # type: Any
+        self.transport: Any = None
         self._parser = RecordParser(MAX_RECORD_SIZE)
         self._endpoint = endpoint
         self._sender = 0  # the sender's epoch, from the HELLO

@@ -86,9 +86,9 @@ class _Entry:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.early = None  # type: Optional[Handler]
-        self.normal = None  # type: Optional[Handler]
-        self.websocket = None  # type: Optional[WebsocketHandler]
+        self.early: Optional[Handler] = None
+        self.normal: Optional[Handler] = None
+        self.websocket: Optional[WebsocketHandler] = None
 
     def is_empty(self) -> bool:
         return self.early is None and self.normal is None and self.websocket is None
@@ -158,24 +158,24 @@ class Server(SignalEmitter):
             if value is None or value < 0:
                 raise ValueError("%s must be >= 0" % name)
             setattr(self, name, value)
-        self._signal_handlers = {}  # type: Dict[str, list]
-        self._handlers = {}  # type: Dict[str, _Entry]
-        self._paths = []  # type: List[str]   # longest first
+        self._signal_handlers: Dict[str, list] = {}
+        self._handlers: Dict[str, _Entry] = {}
+        self._paths: List[str] = []  # longest first
         self._extensions = _default_extensions()
-        self._listeners = []  # type: List[socket.socket]
+        self._listeners: List[socket.socket] = []
         self._tls = TlsConfig()
-        self._https_listeners = set()  # type: set   # listening sockets that serve TLS
-        self._loop = None  # type: Optional[Loop]
-        self._http = set()  # type: set
-        self._websockets = set()  # type: set
+        self._https_listeners: set = set()  # listening sockets that serve TLS
+        self._loop: Optional[Loop] = None
+        self._http: set = set()
+        self._websockets: set = set()
         self._accepting = False
         self._stopping = False
         self._running = False
         self._worker_id = 0
-        self._sweep = None  # type: Optional[Handle]
+        self._sweep: Optional[Handle] = None
         self._stop_deadline = 0.0
         self._accept_paused_until = 0.0
-        self._gate = None  # type: Optional[AcceptGate]   # a pre-fork worker's balancer
+        self._gate: Optional[AcceptGate] = None  # a pre-fork worker's balancer
         self._pubsub = PubSub(self)  # publish/subscribe (SPEC 9); each worker has its own
         self._owner = _ConnectionOwner(self, self._lookup, self._websocket_handshake,
                                        self._connection_closed, self._access_log)

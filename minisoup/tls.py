@@ -114,9 +114,9 @@ class TlsConfig:
     """
 
     def __init__(self) -> None:
-        self.context = None  # type: Optional[ssl.SSLContext]
-        self.files = None  # type: Optional[tuple]   # (certfile, keyfile, password)
-        self.cafile = None  # type: Optional[str]
+        self.context: Optional[ssl.SSLContext] = None
+        self.files: Optional[tuple] = None  # (certfile, keyfile, password)
+        self.cafile: Optional[str] = None
         self.auth_mode = TlsAuthMode.NONE
 
     def set_certificate(self, certificate: Any, keyfile: Optional[str] = None,
@@ -126,7 +126,9 @@ class TlsConfig:
             if keyfile is not None or password is not None:
                 raise TypeError("keyfile and password go with a certificate file, "
                                 "not with an SSLContext")
-            if certificate.protocol == ssl.PROTOCOL_TLS_CLIENT:
+            # check_hostname too: before 3.10, create_default_context() (a client's)
+            # is a PROTOCOL_TLS context, and only check_hostname tells it apart.
+            if certificate.protocol == ssl.PROTOCOL_TLS_CLIENT or certificate.check_hostname:
                 raise ValueError("a client-side SSLContext cannot serve: use "
                                  "ssl.PROTOCOL_TLS_SERVER or ssl.create_default_context("
                                  "ssl.Purpose.CLIENT_AUTH)")
@@ -205,24 +207,24 @@ class TLSTransport:
                  context: ssl.SSLContext, peer: Any = None) -> None:
         self._loop = loop
         self._peer = peer
-        self._protocol = protocol  # type: Optional[StreamProtocol]
+        self._protocol: Optional[StreamProtocol] = protocol
         self._get_buffer = getattr(protocol, "get_buffer", None)
         self._write_drained = getattr(protocol, "write_drained", None)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._state = _HANDSHAKE
-        self._pending = []  # type: List[Buffer]   # plaintext not yet encrypted
+        self._pending: List[Buffer] = []  # plaintext not yet encrypted
         self._pending_size = 0
         self._reading = True        # the app protocol's wish (pause/resume_reading)
         self._delivering = False    # inside _deliver: a nested call only sets flags
-        self._drain_handle = None   # type: Any
+        self._drain_handle: Any = None
         self._eof = _EOF_NONE
         self._closing = False
         self._shut_wr = False       # close_notify sent: no more application data
         self._lost = False
         self._corked = False
-        self._peer_cert = None  # type: Optional[Dict[str, Any]]
+        self._peer_cert: Optional[Dict[str, Any]] = None
         self._read_buffer = loop.read_buffer
         self.cork_reads = False
         self._raw = SocketTransport(loop, sock, self)

@@ -118,14 +118,14 @@ class WebsocketConnection(SignalEmitter):
         self._parser.allowed_rsv = rsv
         self._state = _OPEN
         self._close_code = 0
-        self._close_data = None  # type: Optional[str]
+        self._close_data: Optional[str] = None
         self._sent_close = False
         self._received_close = False
         self._msg_type = 0
-        self._msg_parts = None  # type: Optional[bytearray]
+        self._msg_parts: Optional[bytearray] = None
         self._msg_size = 0
         self._msg_ext = None
-        self._utf8 = None  # type: Optional[Utf8Validator]
+        self._utf8: Optional[Utf8Validator] = None
         self._max_total = DEFAULT_MAX_TOTAL_MESSAGE_SIZE
         self._keepalive_interval = 0
         self._keepalive_pong_timeout = 0
