@@ -935,3 +935,45 @@ def test_headless_chromium_over_wss():
             proc.kill()
             proc.wait(T)
     assert closed == [(4002, "chromium done 0,1,254,255")]
+
+
+# -- the benchmark's load generator over TLS (tools/loadgen.py --tls) -------------------------------
+@pytest.mark.parametrize("mode, extra", [
+    ("ws", ["--size", "64", "--conns", "4"]),
+    # 1 MiB over non-blocking SSLSockets: with a small send buffer SSL_write stops
+    # part-way (SSLWantWriteError) and is retried with the same buffer; the echo comes
+    # back in many records.
+    ("ws", ["--size", str(1024 * 1024), "--conns", "2", "--sndbuf", "8192"]),
+    ("handshake", []),
+    ("idle", ["--conns", "20"]),
+], ids=["echo-64", "echo-1MiB", "handshake", "idle"])
+def test_bench_load_generator_over_wss(mode, extra):
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server, closed = _wss_recording_server()
+    with running(server) as port:
+        proc = subprocess.Popen([sys.executable, os.path.join(root, "tools", "loadgen.py"), mode,
+                                 "--tls", "--port", str(port), "--path", "/echo"] + extra,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+            now = time.monotonic()
+            out, err = proc.communicate("GO %r %r\n" % (now + 0.1, now + 0.6), timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(T)
+    assert out.strip(), err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["errors"] == 0 and result["count"] > 0, err
+    assert result["tls"].startswith("TLSv1.3 "), result
+    if mode == "idle":
+        assert result["count"] == 20
+    elif mode == "ws":
+        assert result["conns"] == int(extra[extra.index("--conns") + 1])
+        # Every connection kept going: at least a few answers each (a stalled send would
+        # leave its connection silent, not failed).
+        assert result["count"] >= 2 * result["conns"], result

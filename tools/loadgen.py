@@ -418,10 +418,14 @@ def describe_tls(sock: ssl.SSLSocket) -> str:
 
 # -- set-up per mode ---------------------------------------------------------------------------
 
-def connect(host: str, port: int, context: Optional[ssl.SSLContext] = None) -> socket.socket:
-    """A TCP connection (TCP_NODELAY), over TLS with ``context`` (handshake done)."""
+def connect(host: str, port: int, context: Optional[ssl.SSLContext] = None,
+            sndbuf: int = 0) -> socket.socket:
+    """A TCP connection (TCP_NODELAY), over TLS with ``context`` (handshake done);
+    ``sndbuf``: a fixed SO_SNDBUF instead of the kernel's autotuning."""
     sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     if context is not None:
         sock = context.wrap_socket(sock, server_hostname=host)
     return sock
@@ -457,7 +461,7 @@ def open_connections(args: argparse.Namespace) -> list:
             messages = [os.urandom(args.size)]
             opcode = OP_BINARY
         for _ in range(args.conns):
-            sock = connect(host, port, context)
+            sock = connect(host, port, context, args.sndbuf)
             head, rest = ws_upgrade(sock, host, port, args.path, DEFLATE_OFFER if args.deflate else "")
             if rest:
                 raise ConnectionError("unexpected bytes after the 101")
@@ -587,6 +591,9 @@ def main() -> None:
     parser.add_argument("--cpus", default="", help="pin this process to these CPUs (e.g. 1)")
     parser.add_argument("--tls", action="store_true", help="connect over TLS (https, wss)")
     parser.add_argument("--cafile", default=TEST_CA, help="--tls: the CA to trust (PEM)")
+    parser.add_argument("--sndbuf", type=int, default=0,
+                        help="ws: SO_SNDBUF per connection (default: the kernel's autotuning); "
+                             "small, it makes large sends stop part-way")
     args = parser.parse_args()
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
