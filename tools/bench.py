@@ -766,6 +766,7 @@ def bench_tls(timing: dict) -> None:
     if peer:
         cases += [Case("peer " + c.name, "websockets-tls", c.mode, c.procs, c.conns, c.extra,
                        python=peer) for c in list(cases)]
+    cases.append(Case("big-malloc", "minisoup-tls", "ws", 1, big_conns, big, env=MALLOC_KEEP))
     s = measure(cases, timing)
     negotiated = sorted({r.tls for summary in s.values() for r in summary.results if r.tls})
     print("   negotiated: %s" % (", ".join(negotiated) or "?"))
@@ -792,6 +793,11 @@ def bench_tls(timing: dict) -> None:
     detail("%d load processes x %d connections, 1 message in flight each" % (procs, conns))
     compare("big", "(b) echo 1 MiB", "", "MiB message", TARGET_TLS_BIG, mb=True)
     detail("1 load process x %d connections" % big_conns)
+    kept = s["big-malloc"]
+    measured("(b) minisoup, glibc keeping freed memory", kept, "", "MiB message",
+             value="%.0f MB/s" % (kept.rate * MiB / 1e6), scale=MiB / 1e6)
+    detail("(a check, as in 2 (c): a figure far above (b) means the server takes fresh")
+    detail(" MiB-sized memory from the kernel for each message, and faults its pages in)")
     compare("hs", "(c) handshakes", "/s", "handshake", TARGET_TLS_HANDSHAKES)
     detail("TLS handshake, upgrade, closing handshake, TCP close; %d load processes, one "
            "at a time each" % hs_procs)
