@@ -16,7 +16,7 @@ $(VENV)/bin/python:
 test: $(if $(filter $(VENV)/bin/python,$(PYTEST_PY)),$(VENV)/bin/python)  ## the test suite (bootstraps pytest if missing)
 	$(PYTEST_PY) -m pytest -q -p no:cacheprovider tests
 
-bench:              ## speed figures: HTTP, WebSocket echo, masking, deflate, pre-fork scaling
+bench:              ## speed figures: HTTP, WebSocket echo, masking, deflate, pre-fork scaling, TLS (vs websockets, in .venv-bench)
 	$(PYTHON) tools/bench.py
 
 bench-against:      ## the headline figures against another revision's, one run (make bench-against REV=abc123)
@@ -30,5 +30,5 @@ lint:               ## byte-compile everything and check the stdlib-only promise
 	$(PYTHON) tools/check_stdlib.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-bench build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

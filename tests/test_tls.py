@@ -795,3 +795,187 @@ def test_wss_client_failing_the_connection_keeps_reading_through_tls():
         assert client.wait_closed() == 1007
         wait_for(lambda: "code" in seen, what="server close")
     assert seen["code"] == 1007
+
+
+# -- other clients over wss:// ------------------------------------------------------------------
+# Node's WebSocket (undici, over Node's own TLS: OpenSSL with Node's CA store, which
+# NODE_EXTRA_CA_CERTS extends with the test CA). Sends text, binary and 1 MiB, checks
+# every echo, then closes with a code and reason the server must see.
+NODE_WSS_SCRIPT = r"""
+const url = process.argv[process.argv.length - 1];
+const ws = new WebSocket(url);
+ws.binaryType = "arraybuffer";
+const big = new Uint8Array(1024 * 1024).map((_, i) => (i * 7919) & 255);
+const got = [];
+const timer = setTimeout(() => { console.log(JSON.stringify({error: "timeout", got})); process.exit(2); }, 8000);
+const same = (a, b) => a.length === b.length && a.every((v, i) => v === b[i]);
+ws.onopen = () => ws.send("h\u00e9llo over TLS");
+ws.onmessage = (ev) => {
+  if (typeof ev.data === "string") {
+    got.push({text: ev.data});
+    ws.send(new Uint8Array([0, 1, 2, 253, 254, 255]));
+  } else if (ev.data.byteLength < 100) {
+    got.push({binary: Array.from(new Uint8Array(ev.data))});
+    ws.send(big);
+  } else {
+    got.push({big: same(new Uint8Array(ev.data), big)});
+    ws.close(4001, "node wss done");
+  }
+};
+let opened = false;
+ws.addEventListener("open", () => { opened = true; });
+const finish = (result) => { clearTimeout(timer); console.log(JSON.stringify(result)); process.exit(0); };
+// A connection that never opened: Node 20's WebSocket may report the error and no close.
+ws.onerror = (ev) => {
+  got.push({error: String(ev.message || (ev.error && ev.error.message) || ev.type)});
+  if (!opened) finish({got, opened});
+};
+ws.onclose = (ev) => finish({got, opened, code: ev.code, reason: ev.reason, wasClean: ev.wasClean});
+"""
+
+
+def _wss_recording_server():
+    """A wss:// echo server at /echo recording each connection's close code and reason."""
+    server = tls_server()
+    closed = []
+
+    def on_open(server_, msg, path, conn, user_data):
+        conn.set_max_incoming_payload_size(0)
+        conn.set_max_total_message_size(0)
+        conn.connect("message", lambda c, kind, data: c.send_message(kind, data))
+        conn.connect("closed", lambda c: closed.append((c.get_close_code(), c.get_close_data())))
+
+    server.add_websocket_handler("/echo", None, None, on_open)
+    return server, closed
+
+
+def _run_node(command, port, env_extra):
+    import json
+    import subprocess
+    env = dict(os.environ, **env_extra)
+    env.pop("NODE_TLS_REJECT_UNAUTHORIZED", None)   # verification must stay on
+    proc = subprocess.run(command + ["-e", NODE_WSS_SCRIPT, "--",
+                                     "wss://127.0.0.1:%d/echo" % port],
+                          capture_output=True, text=True, timeout=20, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _node_or_skip():
+    import shutil
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    from test_server_ws import _node_command
+    command = _node_command()
+    if command is None:
+        pytest.skip("this node has no WebSocket client (Node 22+, or 20.10+ with "
+                    "--experimental-websocket)")
+    return command
+
+
+def test_node_websocket_client_over_wss():
+    command = _node_or_skip()
+    server, closed = _wss_recording_server()
+    with running(server) as port:
+        result = _run_node(command, port, {"NODE_EXTRA_CA_CERTS": CA})
+        wait_for(lambda: closed, what="server close")
+    assert result["got"] == [{"text": "h\u00e9llo over TLS"},
+                             {"binary": [0, 1, 2, 253, 254, 255]}, {"big": True}]
+    assert (result["code"], result["wasClean"]) == (4001, True)
+    assert closed == [(4001, "node wss done")]
+
+
+def test_node_websocket_client_refuses_the_server_without_the_test_ca(caplog):
+    """The check above really verifies the certificate: without the CA, Node refuses."""
+    command = _node_or_skip()
+    server, closed = _wss_recording_server()
+    with caplog.at_level(logging.DEBUG, "minisoup"), running(server) as port:
+        result = _run_node(command, port, {"NODE_EXTRA_CA_CERTS": os.devnull})
+    assert not result["opened"] and len(result["got"]) == 1 and "error" in result["got"][0]
+    assert closed == []
+    assert no_tracebacks(caplog) == []
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_PAGE = """<!doctype html><title>wss</title><script>
+const ws = new WebSocket("wss://127.0.0.1:" + location.port + "/echo");
+ws.binaryType = "arraybuffer";
+ws.onopen = () => ws.send("h\\u00e9llo from chromium");
+ws.onmessage = (ev) => {
+  if (typeof ev.data === "string") ws.send(new Uint8Array([0, 1, 254, 255]));
+  else ws.close(4002, "chromium done " + new Uint8Array(ev.data).join(","));
+};
+</script>"""
+
+
+def test_headless_chromium_over_wss():
+    """Only where a Chromium is already installed (none is installed for the tests).
+    The page is served by the same https:// listener; the certificate is accepted with
+    --ignore-certificate-errors (Chromium has no per-run CA flag)."""
+    import shutil
+    import subprocess
+    import tempfile
+    browser = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
+    if browser is None:
+        pytest.skip("no Chromium binary (%s) is installed; browsers are not installed "
+                    "for the tests" % ", ".join(CHROMIUM_NAMES))
+    server, closed = _wss_recording_server()
+
+    def page(server_, msg, path, query, user_data):
+        msg.set_status(200)
+        msg.set_response("text/html", CHROMIUM_PAGE)
+
+    server.add_handler("/", page)
+    with running(server) as port, tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                                 "--ignore-certificate-errors", "--user-data-dir=" + profile,
+                                 "--remote-debugging-port=0", "https://127.0.0.1:%d/" % port],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: closed, timeout=30, what="Chromium's close")
+        finally:
+            proc.kill()
+            proc.wait(T)
+    assert closed == [(4002, "chromium done 0,1,254,255")]
+
+
+# -- the benchmark's load generator over TLS (tools/loadgen.py --tls) -------------------------------
+@pytest.mark.parametrize("mode, extra", [
+    ("ws", ["--size", "64", "--conns", "4"]),
+    # 1 MiB over non-blocking SSLSockets: with a small send buffer SSL_write stops
+    # part-way (SSLWantWriteError) and is retried with the same buffer; the echo comes
+    # back in many records.
+    ("ws", ["--size", str(1024 * 1024), "--conns", "2", "--sndbuf", "8192"]),
+    ("handshake", []),
+    ("idle", ["--conns", "20"]),
+], ids=["echo-64", "echo-1MiB", "handshake", "idle"])
+def test_bench_load_generator_over_wss(mode, extra):
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server, closed = _wss_recording_server()
+    with running(server) as port:
+        proc = subprocess.Popen([sys.executable, os.path.join(root, "tools", "loadgen.py"), mode,
+                                 "--tls", "--port", str(port), "--path", "/echo"] + extra,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+            now = time.monotonic()
+            out, err = proc.communicate("GO %r %r\n" % (now + 0.1, now + 0.6), timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(T)
+    assert out.strip(), err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["errors"] == 0 and result["count"] > 0, err
+    assert result["tls"].startswith("TLSv1.3 "), result
+    if mode == "idle":
+        assert result["count"] == 20
+    elif mode == "ws":
+        assert result["conns"] == int(extra[extra.index("--conns") + 1])
+        # Every connection kept going: at least a few answers each (a stalled send would
+        # leave its connection silent, not failed).
+        assert result["count"] >= 2 * result["conns"], result

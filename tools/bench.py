@@ -1,6 +1,6 @@
 """minisoup's speed figures, each measured in the same run as its reference (``make bench``).
 
-    python3 tools/bench.py [--quick] [--only http,ws,deflate,prefork]
+    python3 tools/bench.py [--quick] [--only http,ws,deflate,prefork,tls]
 
 1. HTTP keep-alive GET (12-byte body): minisoup (one process) against the stdlib's
    ThreadingHTTPServer (Nagle off: its fair configuration); target minisoup >= 3x.
@@ -12,6 +12,12 @@
    the wire per message.
 4. Pre-fork: 64-byte echo with run(workers=1) and run(workers=2); target >= 1.6x; and the
    same with a CPU-bound handler, where the server rather than the load is the bottleneck.
+5. TLS (wss://, the test certificate of tests/tls/) against python-websockets serving TLS
+   from the same ssl module: (a) 64-byte echo msg/s, target >= 1.5x; (b) 1 MiB echo MB/s,
+   target >= 0.6x; (c) handshakes/s (TLS, upgrade, close), target >= 1x; (d) KiB of
+   server memory (RSS) per idle TLS WebSocket connection. websockets is installed into
+   the bench's own virtualenv, .venv-bench/ (python3 -m venv + pip, on first use; not a
+   minisoup dependency); without it (no network) the peer is skipped and says why.
 
 Every server runs in its own process (tools/bench_servers.py), the load in others
 (tools/loadgen.py): pre-built requests and frames, one request or message in flight per
@@ -64,12 +70,21 @@ MiB = 1024 * 1024
 # shows whether the server's own memory reuse (frames.py's chunk pool) is enough.
 MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(64 * MiB), "MALLOC_TRIM_THRESHOLD_": str(128 * MiB)}
 OTHER_CPU_NOTE = 0.10    # report other processes' CPU from 10% of a core
+BENCH_VENV = os.path.join(ROOT, ".venv-bench")   # the peers' packages (git-ignored)
+PEER_REQUIREMENT = "websockets>=13"              # its asyncio server API
+PIP_TIMEOUT_S = 600.0
+IDLE_CONNS = 1000        # TLS memory figure: idle connections held open at once
+IDLE_WARMUP_CONNS = 50   # opened and closed first, so that one-off allocations are done
+IDLE_SETTLE_S = 0.5      # after the last 101, before the server's memory is read
 
 # Targets from the issue, checked at the end of each section.
 TARGET_HTTP_RATIO = 3.0
 TARGET_WS_VS_RAW = 0.60
 TARGET_BIG_VS_MASK = 0.80
 TARGET_PREFORK = 1.6
+TARGET_TLS_ECHO = 1.5         # minisoup / websockets, 64-byte echo over wss
+TARGET_TLS_BIG = 0.6          # minisoup / websockets, 1 MiB echo over wss
+TARGET_TLS_HANDSHAKES = 1.0   # minisoup / websockets, TLS + upgrade + close
 
 PROFILES = {
     # rounds per figure (the median is reported), warm-up and measured seconds per round,
@@ -130,6 +145,18 @@ def _descendants(pid: int) -> list:
     return out
 
 
+def _rss_kib(pid: int) -> int:
+    """Resident memory of one process in KiB (0 once it is gone)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for text in f:
+                if text.startswith("VmRSS:"):
+                    return int(text.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _cpu_seconds(pid: int) -> tuple:
     """``(user, system)`` CPU seconds of one process (all its threads)."""
     try:
@@ -151,9 +178,10 @@ def _machine_busy() -> float:
 class ServerProcess:
     """A bench server (tools/bench_servers.py) in its own process group."""
 
-    def __init__(self, kind: str, workers: int = 0, cpus: str = "", env: Optional[dict] = None) -> None:
+    def __init__(self, kind: str, workers: int = 0, cpus: str = "", env: Optional[dict] = None,
+                 python: str = "") -> None:
         self.label = kind + (" workers=%d" % workers if workers else "")
-        args = [sys.executable, SERVERS, kind]
+        args = [python or sys.executable, SERVERS, kind]
         if workers:
             args += ["--workers", str(workers)]
         if cpus:
@@ -173,6 +201,10 @@ class ServerProcess:
 
     def cpu_by_pid(self) -> dict:
         return {pid: _cpu_seconds(pid) for pid in self.pids()}
+
+    def rss_kib(self) -> int:
+        """Resident memory of the server and its workers, in KiB."""
+        return sum(_rss_kib(pid) for pid in self.pids())
 
     def log_lines(self) -> list:
         self.stderr.seek(0)
@@ -212,6 +244,8 @@ class Result:
         self.other_cpu = max(0.0, busy / seconds - self.server_cpu - self.loadgen_cpu)
         self.loadgen_errors = loadgen_errors
         self.server_log = server_log
+        # --tls: the protocol and cipher negotiated, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"
+        self.tls = next((r["tls"] for r in rows if r.get("tls")), "")
 
     def cpu_us_per_op(self) -> float:
         return self.server_cpu * self.seconds / self.count * 1e6 if self.count else float("nan")
@@ -299,7 +333,7 @@ class Case:
 
     def __init__(self, name: str, server: str, mode: str, procs: int, conns: int,
                  extra: tuple = (), workers: int = 0, server_cpus: str = "",
-                 load_cpus: str = "", env: Optional[dict] = None) -> None:
+                 load_cpus: str = "", env: Optional[dict] = None, python: str = "") -> None:
         self.name = name
         self.server = server
         self.mode = mode
@@ -310,6 +344,7 @@ class Case:
         self.server_cpus = server_cpus
         self.load_cpus = load_cpus
         self.env = env
+        self.python = python   # the server's interpreter (a peer's virtualenv), default ours
 
 
 class Summary:
@@ -346,7 +381,8 @@ def measure(cases: list, timing: dict) -> dict:
     for round_no in range(timing["rounds"]):
         order = cases if round_no % 2 == 0 else cases[::-1]
         for case in order:
-            with ServerProcess(case.server, case.workers, case.server_cpus, case.env) as server:
+            with ServerProcess(case.server, case.workers, case.server_cpus, case.env,
+                               case.python) as server:
                 results[case.name].append(run_load(server, case.mode, case.procs, case.conns,
                                                    timing, case.extra, case.load_cpus))
     return {name: Summary(runs) for name, runs in results.items()}
@@ -626,7 +662,160 @@ def bench_prefork(timing: dict) -> None:
     print()
 
 
-SECTIONS = {"http": bench_http, "ws": bench_ws, "deflate": bench_deflate, "prefork": bench_prefork}
+# -- TLS, against python-websockets -----------------------------------------------------------
+
+def _venv_python() -> str:
+    return os.path.join(BENCH_VENV, "bin", "python")
+
+
+def _peer_version(python: str) -> str:
+    """websockets' version and the OpenSSL under ``python``, or "" if it cannot import it."""
+    try:
+        out = subprocess.run([python, "-c", "import ssl, websockets; "
+                              "print(websockets.__version__ + ' | ' + ssl.OPENSSL_VERSION)"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def websockets_peer() -> tuple:
+    """``(python, description)`` of the bench virtualenv with python-websockets, made on
+    first use; ``(None, why)`` when it cannot be had (no network, no venv module)."""
+    python = _venv_python()
+    if os.path.exists(python):
+        version = _peer_version(python)
+        if version:
+            return python, version
+    steps = (("python3 -m venv", [sys.executable, "-m", "venv", BENCH_VENV]),
+             ("pip install " + PEER_REQUIREMENT,
+              [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               PEER_REQUIREMENT]))
+    print("   setting up %s: python3 -m venv, pip install %s (once)"
+          % (BENCH_VENV, PEER_REQUIREMENT), flush=True)
+    for name, step in steps:
+        try:
+            out = subprocess.run(step, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, "%s: %s" % (name, exc)
+        if out.returncode != 0:
+            errors = [text for text in (out.stderr + out.stdout).splitlines() if text.strip()]
+            return None, "%s failed (status %d): %s" % (name, out.returncode,
+                                                        errors[-1] if errors else "no output")
+    version = _peer_version(python)
+    return (python, version) if version else (None, "websockets does not import after pip install")
+
+
+def idle_memory(kind: str, python: str, conns: int) -> tuple:
+    """Server RSS growth over ``conns`` idle TLS WebSocket connections: ``(KiB per
+    connection, RSS before, RSS after, connections still open, notes)``."""
+    with ServerProcess(kind, python=python) as server:
+        procs = []
+        try:
+            def start(n: int) -> subprocess.Popen:
+                proc = subprocess.Popen([sys.executable, LOADGEN, "idle", "--tls", "--port",
+                                         str(server.port), "--conns", str(n), "--path", "/echo"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True, cwd=ROOT)
+                procs.append(proc)
+                if _readline(proc, START_TIMEOUT_S + n * 0.05) != "READY":
+                    raise RuntimeError("load generator did not open its connections")
+                return proc
+
+            def finish(proc: subprocess.Popen) -> dict:
+                now = time.monotonic()
+                proc.stdin.write(("GO %r %r\n" % (now, now)).encode())
+                proc.stdin.flush()
+                return json.loads(_readline(proc, 30.0))
+
+            finish(start(IDLE_WARMUP_CONNS))
+            time.sleep(IDLE_SETTLE_S)
+            before = server.rss_kib()
+            proc = start(conns)
+            time.sleep(IDLE_SETTLE_S)
+            after = server.rss_kib()
+            row = finish(proc)
+        finally:
+            for proc in procs:
+                _stop_group(proc)
+                for stream in (proc.stdin, proc.stdout, proc.stderr):
+                    stream.close()
+        return (after - before) / conns, before, after, row["count"], server.log_lines()[:1]
+
+
+def bench_tls(timing: dict) -> None:
+    procs, conns, big_conns, hs_procs = 2, 25, 4, 4
+    print("5. TLS: wss:// with the test certificate (tests/tls/server.pem, EC P-256), against "
+          "python-websockets")
+    print("   (its asyncio server) with the same ssl module and the same server SSLContext "
+          "settings; the load")
+    print("   generator is tools/loadgen.py --tls (non-blocking ssl.SSLSocket, full handshake "
+          "per connection)")
+    peer, about = websockets_peer()
+    if peer:
+        print("   peer: websockets %s (%s)" % tuple(about.split(" | ", 1)))
+    else:
+        print("   websockets peer skipped: %s" % about)
+    tls = ("--tls",)
+    echo = ("--size", "64", "--path", "/echo") + tls
+    big = ("--size", str(MiB), "--path", "/big") + tls
+    hs = ("--path", "/echo") + tls
+    cases = [Case("echo", "minisoup-tls", "ws", procs, conns, echo),
+             Case("big", "minisoup-tls", "ws", 1, big_conns, big),
+             Case("hs", "minisoup-tls", "handshake", hs_procs, 1, hs)]
+    if peer:
+        cases += [Case("peer " + c.name, "websockets-tls", c.mode, c.procs, c.conns, c.extra,
+                       python=peer) for c in list(cases)]
+    cases.append(Case("big-malloc", "minisoup-tls", "ws", 1, big_conns, big, env=MALLOC_KEEP))
+    s = measure(cases, timing)
+    negotiated = sorted({r.tls for summary in s.values() for r in summary.results if r.tls})
+    print("   negotiated: %s" % (", ".join(negotiated) or "?"))
+
+    def compare(name: str, label: str, unit: str, per_op: str, target: float,
+                mb: bool = False) -> None:
+        mine, theirs = s[name], s.get("peer " + name)
+        for who, summary in (("minisoup", mine), ("websockets", theirs)):
+            if summary is None:
+                continue
+            if mb:
+                measured("%s, %s" % (label, who), summary, "", per_op,
+                         value="%.0f MB/s" % (summary.rate * MiB / 1e6), scale=MiB / 1e6)
+            else:
+                measured("%s, %s" % (label, who), summary, unit, per_op)
+        if theirs is not None and theirs.rate:
+            ratio_line("%s: minisoup / websockets" % label.split(" ")[0], mine.rate / theirs.rate,
+                       target, cpu=theirs.median.cpu_us_per_op() / mine.median.cpu_us_per_op())
+        else:
+            line("%s: minisoup / websockets" % label.split(" ")[0], "-",
+                 "target >= %.1fx: not checked (no peer)" % target)
+
+    compare("echo", "(a) echo 64 B", "msg/s", "msg", TARGET_TLS_ECHO)
+    detail("%d load processes x %d connections, 1 message in flight each" % (procs, conns))
+    compare("big", "(b) echo 1 MiB", "", "MiB message", TARGET_TLS_BIG, mb=True)
+    detail("1 load process x %d connections" % big_conns)
+    kept = s["big-malloc"]
+    measured("(b) minisoup, glibc keeping freed memory", kept, "", "MiB message",
+             value="%.0f MB/s" % (kept.rate * MiB / 1e6), scale=MiB / 1e6)
+    detail("(a check, as in 2 (c): a figure far above (b) means the server takes fresh")
+    detail(" MiB-sized memory from the kernel for each message, and faults its pages in)")
+    compare("hs", "(c) handshakes", "/s", "handshake", TARGET_TLS_HANDSHAKES)
+    detail("TLS handshake, upgrade, closing handshake, TCP close; %d load processes, one "
+           "at a time each" % hs_procs)
+
+    servers = [("minisoup", "minisoup-tls", "")] + ([("websockets", "websockets-tls", peer)]
+                                                    if peer else [])
+    for who, kind, python in servers:
+        per_conn, before, after, alive, log = idle_memory(kind, python, IDLE_CONNS)
+        line("(d) memory per idle connection, %s" % who, "%.1f KiB" % per_conn,
+             "server RSS %.1f -> %.1f MiB over %d idle wss:// connections (%d still open)"
+             % (before / 1024, after / 1024, IDLE_CONNS, alive))
+        for note in log:
+            detail("! server logged: %s" % note[:150])
+    print()
+
+
+SECTIONS = {"http": bench_http, "ws": bench_ws, "deflate": bench_deflate, "prefork": bench_prefork,
+            "tls": bench_tls}
 
 
 def main() -> None:

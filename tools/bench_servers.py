@@ -15,6 +15,13 @@ SIGTERM. KIND:
   stdlib-nagle  the same with the stdlib's default, Nagle's algorithm on.
   raw-echo  a TCP echo server on minisoup's own Loop and SocketTransport (no framing):
             the floor a WebSocket echo on the same loop is compared with.
+  minisoup-tls   the minisoup server above on an HTTPS listener (wss://), with the test
+            certificate of tests/tls/ (server.pem, signed by ca.pem).
+  websockets-tls python-websockets (its asyncio server) echoing at every path over TLS
+            with the same certificate and the same server SSLContext settings
+            (minisoup.tls.create_server_context); no size limit, no compression
+            offered. Run with a Python that has websockets (tools/bench.py uses its own
+            virtualenv, .venv-bench/): websockets is not a minisoup dependency.
 """
 
 import argparse
@@ -24,11 +31,14 @@ import signal
 import socket
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
 
 BODY = b"hello world\n"   # 12 bytes
 WORK_LOOPS = 5000         # /work: Python work per message (about 0.3 ms here)
 CONTENT_TYPE = "text/plain"
+TLS_CERT = os.path.join(ROOT, "tests", "tls", "server.pem")
+TLS_KEY = os.path.join(ROOT, "tests", "tls", "server.key")
 
 
 def announce(port: int) -> None:
@@ -37,8 +47,9 @@ def announce(port: int) -> None:
 
 # -- minisoup -----------------------------------------------------------------------------------
 
-def build_minisoup():
-    """The minisoup.Server every benchmark measures (listening on 127.0.0.1, a free port)."""
+def build_minisoup(tls: bool = False):
+    """The minisoup.Server every benchmark measures (listening on 127.0.0.1, a free port);
+    ``tls``: on an HTTPS listener with the test certificate."""
     import minisoup
 
     def hello(server, msg, path, query, user_data):
@@ -72,12 +83,16 @@ def build_minisoup():
     server.add_websocket_handler("/work", None, None, on_work)
     server.add_websocket_handler("/echo", None, None, on_echo)
     server.add_websocket_handler("/big", None, None, on_big)
-    server.listen_local(0)
+    if tls:
+        server.set_tls_certificate(TLS_CERT, TLS_KEY)
+        server.listen(("127.0.0.1", 0), minisoup.ListenOptions.HTTPS)
+    else:
+        server.listen_local(0)
     return server
 
 
-def serve_minisoup(workers: int) -> None:
-    server = build_minisoup()
+def serve_minisoup(workers: int, tls: bool = False) -> None:
+    server = build_minisoup(tls)
     announce(server.get_listeners()[0].getsockname()[1])
     server.run(workers=workers)
 
@@ -169,17 +184,52 @@ def serve_raw_echo() -> None:
         listener.close()
 
 
+# -- python-websockets over TLS (the peer of the "tls" section) -----------------------------------
+
+def serve_websockets_tls() -> None:
+    import asyncio
+
+    from websockets.asyncio.server import serve
+
+    from minisoup.tls import create_server_context
+
+    async def echo(ws) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        context = create_server_context(TLS_CERT, TLS_KEY)
+        # No size limit (the 1 MiB echo) and no permessage-deflate: what minisoup's
+        # /big and the load generator (which offers no extension) use too.
+        async with serve(echo, "127.0.0.1", 0, ssl=context, max_size=None,
+                         compression=None, logger=logging.getLogger("websockets")) as server:
+            # Each load process drops its connections mid-stream at the end of its window,
+            # which websockets logs as an error with a traceback per connection: not worth
+            # reporting (the load generator counts its own failures).
+            logging.getLogger("websockets").setLevel(logging.CRITICAL)
+            announce(server.sockets[0].getsockname()[1])
+            await stop
+
+    asyncio.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("minisoup", "stdlib", "stdlib-nagle", "raw-echo"))
+    parser.add_argument("kind", choices=("minisoup", "stdlib", "stdlib-nagle", "raw-echo",
+                                         "minisoup-tls", "websockets-tls"))
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--cpus", default="", help="pin to these CPUs (inherited by workers)")
     args = parser.parse_args()
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     logging.basicConfig(level=logging.WARNING, format="bench server: %(levelname)s %(message)s")
-    if args.kind == "minisoup":
-        serve_minisoup(args.workers)
+    if args.kind in ("minisoup", "minisoup-tls"):
+        serve_minisoup(args.workers, tls=args.kind == "minisoup-tls")
+    elif args.kind == "websockets-tls":
+        serve_websockets_tls()
     elif args.kind in ("stdlib", "stdlib-nagle"):
         serve_stdlib(nagle=args.kind == "stdlib-nagle")
     else:

@@ -10,7 +10,16 @@ MODE is one of
              ends; ``--deflate`` negotiates permessage-deflate and inflates every answer;
   raw        raw TCP echo: ``--size`` bytes out, the same number of bytes back;
   handshake  connect, WebSocket upgrade, closing handshake, TCP close; again (blocking,
-             one connection at a time per process: run several processes).
+             one connection at a time per process: run several processes);
+  idle       open ``--conns`` WebSocket connections and hold them, idle, until the end
+             of the window (tools/bench.py reads the server's memory meanwhile); the
+             count is the connections still open at the end.
+
+``--tls``: every connection is TLS (the stdlib's ``ssl``, a non-blocking ``SSLSocket``),
+trusting ``--cafile`` (default: the test CA, tests/tls/ca.pem) and checking the server's
+name (``--host``); a full handshake per connection (no session resumption). The plain
+path is the same code as without it: TLS only adds a subclass of the epoll loop (a
+partial ``SSL_write`` must be retried with the same buffer) and two exception types.
 
 Protocol with the parent (tools/bench.py), so that several load processes measure the
 same window: the process opens its connections, prints ``READY``, waits for a line
@@ -31,9 +40,11 @@ import random
 import select
 import signal
 import socket
+import ssl
 import sys
 import time
 import zlib
+from typing import Optional
 
 MASK_KEY = b"\x37\xfa\x21\x3d"
 # RFC 6455 section 1.3's example: a fixed key lets us check the accept value for free.
@@ -45,6 +56,10 @@ RECV_SIZE = 262144
 POLL_S = 0.05           # longest wait before the clock is looked at again
 EXIT_GRACE_S = 15.0     # hard stop this long after the window, whatever happens
 OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
+TEST_CA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "tls", "ca.pem")
+# A non-blocking socket with nothing to do now; the TLS ones on an SSLSocket: a record
+# is not complete yet, or a write must wait (and be retried with the same buffer).
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 _monotonic = time.monotonic
 
@@ -342,7 +357,7 @@ class Load:
                         if answers:
                             count += answers
                             self.send_next(c)
-                except (BlockingIOError, InterruptedError):
+                except WOULD_BLOCK:
                     continue
                 except (OSError, ValueError, zlib.error) as exc:
                     print("loadgen: %s" % exc, file=sys.stderr)
@@ -369,26 +384,73 @@ class Load:
         self.poller.close()
 
 
+class TlsLoad(Load):
+    """The same loop over ``SSLSocket``s. ``SSL_write`` of a large message either takes it
+    all or raises SSLWantWriteError with part of it already in records; the retry must
+    pass the same bytes again, so the whole message stays pending until it goes."""
+
+    def send_next(self, c: Conn) -> None:
+        requests = c.requests
+        data = requests[c.index]
+        c.index = (c.index + 1) % len(requests)
+        try:
+            c.tx += c.sock.send(data)
+        except ssl.SSLWantWriteError:
+            c.pending = memoryview(data)
+            self.poller.modify(c.fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def flush(self, c: Conn) -> None:
+        c.tx += c.sock.send(c.pending)   # all of it, or SSLWantWriteError again
+        c.pending = None
+        self.poller.modify(c.fd, select.EPOLLIN)
+
+    def run(self, start: float, end: float) -> dict:
+        described = describe_tls(next(iter(self.conns.values())).sock) if self.conns else ""
+        result = super().run(start, end)
+        result["tls"] = described
+        return result
+
+
+def describe_tls(sock: ssl.SSLSocket) -> str:
+    """What was negotiated, e.g. ``TLSv1.3 TLS_AES_256_GCM_SHA384``."""
+    return "%s %s" % (sock.version(), sock.cipher()[0])
+
+
 # -- set-up per mode ---------------------------------------------------------------------------
 
-def connect(host: str, port: int) -> socket.socket:
+def connect(host: str, port: int, context: Optional[ssl.SSLContext] = None,
+            sndbuf: int = 0) -> socket.socket:
+    """A TCP connection (TCP_NODELAY), over TLS with ``context`` (handshake done);
+    ``sndbuf``: a fixed SO_SNDBUF instead of the kernel's autotuning."""
     sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    if context is not None:
+        sock = context.wrap_socket(sock, server_hostname=host)
     return sock
+
+
+def client_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The client's SSLContext for ``--tls`` (None without it)."""
+    if not args.tls:
+        return None
+    return ssl.create_default_context(cafile=args.cafile)
 
 
 def open_connections(args: argparse.Namespace) -> list:
     host, port = args.host, args.port
+    context = client_context(args)
     conns = []
     if args.mode == "http":
         request = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: minisoup-loadgen\r\n"
                    "Accept: */*\r\n\r\n" % (args.path, host, port)).encode("latin-1")
         for _ in range(args.conns):
-            conns.append(Conn(connect(host, port), [request]))
+            conns.append(Conn(connect(host, port, context), [request]))
     elif args.mode == "raw":
         request = os.urandom(args.size)
         for _ in range(args.conns):
-            c = Conn(connect(host, port), [request])
+            c = Conn(connect(host, port, context), [request])
             c.need = args.size
             conns.append(c)
     elif args.mode == "ws":
@@ -399,7 +461,7 @@ def open_connections(args: argparse.Namespace) -> list:
             messages = [os.urandom(args.size)]
             opcode = OP_BINARY
         for _ in range(args.conns):
-            sock = connect(host, port)
+            sock = connect(host, port, context, args.sndbuf)
             head, rest = ws_upgrade(sock, host, port, args.path, DEFLATE_OFFER if args.deflate else "")
             if rest:
                 raise ConnectionError("unexpected bytes after the 101")
@@ -430,16 +492,21 @@ def open_connections(args: argparse.Namespace) -> list:
 
 
 def run_handshakes(args: argparse.Namespace, start: float, end: float) -> dict:
-    """Blocking loop: connect, upgrade, close handshake, wait for the server's FIN."""
+    """Blocking loop: connect (and TLS handshake), upgrade, close handshake, wait for the
+    server's FIN (over TLS: its close_notify, or a FIN without one)."""
     host, port = args.host, args.port
+    context = client_context(args)
     close_frame = client_frame(OP_CLOSE, (1000).to_bytes(2, "big"))
     count = errors = 0
     count0 = cpu0 = t0 = None
+    described = ""
     now = _monotonic()
     while now < end:
         try:
-            sock = connect(host, port)
+            sock = connect(host, port, context)
             try:
+                if context is not None and not described:
+                    described = describe_tls(sock)
                 _head, rest = ws_upgrade(sock, host, port, args.path)
                 sock.sendall(close_frame)
                 while ws_frame_end(rest) < 0:
@@ -465,12 +532,52 @@ def run_handshakes(args: argparse.Namespace, start: float, end: float) -> dict:
     if t0 is None:
         t0, count0, cpu0 = now, count, time.process_time()
     return {"count": count - count0, "seconds": now - t0, "cpu": time.process_time() - cpu0,
-            "rx": 0, "tx": 0, "errors": errors, "conns": 1}
+            "rx": 0, "tx": 0, "errors": errors, "conns": 1, "tls": described}
+
+
+def open_idle(args: argparse.Namespace) -> list:
+    """``--conns`` upgraded WebSocket connections, left idle (blocking sockets)."""
+    if args.tls or args.conns > 1000:
+        # One descriptor per connection: raise the soft limit to the hard one if needed.
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < args.conns + 64:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    context = client_context(args)
+    socks = []
+    for _ in range(args.conns):
+        sock = connect(args.host, args.port, context)
+        socks.append(sock)
+        _head, rest = ws_upgrade(sock, args.host, args.port, args.path)
+        if rest:
+            raise ConnectionError("unexpected bytes after the 101")
+    return socks
+
+
+def hold_idle(socks: list, args: argparse.Namespace, end: float) -> dict:
+    """Wait until ``end``; count the connections the server has not closed meanwhile."""
+    t0, cpu0 = _monotonic(), time.process_time()
+    time.sleep(max(0.0, end - t0))
+    alive = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            if sock.recv(1):
+                alive += 1          # a ping, say: still open
+        except WOULD_BLOCK:
+            alive += 1
+        except OSError:
+            pass
+    described = describe_tls(socks[0]) if args.tls and socks else ""
+    for sock in socks:
+        sock.close()
+    return {"count": alive, "seconds": _monotonic() - t0, "cpu": time.process_time() - cpu0,
+            "rx": 0, "tx": 0, "errors": len(socks) - alive, "conns": alive, "tls": described}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("http", "ws", "raw", "handshake"))
+    parser.add_argument("mode", choices=("http", "ws", "raw", "handshake", "idle"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--conns", type=int, default=8, help="connections in this process")
@@ -482,13 +589,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1,
                         help="ws: send this many messages per write and wait for all their echoes")
     parser.add_argument("--cpus", default="", help="pin this process to these CPUs (e.g. 1)")
+    parser.add_argument("--tls", action="store_true", help="connect over TLS (https, wss)")
+    parser.add_argument("--cafile", default=TEST_CA, help="--tls: the CA to trust (PEM)")
+    parser.add_argument("--sndbuf", type=int, default=0,
+                        help="ws: SO_SNDBUF per connection (default: the kernel's autotuning); "
+                             "small, it makes large sends stop part-way")
     args = parser.parse_args()
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
 
-    load = None
-    if args.mode != "handshake":
-        load = Load(args.mode, open_connections(args), args.deflate)
+    load = idle = None
+    if args.mode == "idle":
+        idle = open_idle(args)
+    elif args.mode != "handshake":
+        load = (TlsLoad if args.tls else Load)(args.mode, open_connections(args), args.deflate)
     print("READY", flush=True)
     line = sys.stdin.readline().split()
     if len(line) != 3 or line[0] != "GO":
@@ -497,7 +611,9 @@ def main() -> None:
     # Whatever goes wrong, this process ends soon after its window.
     signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
     signal.alarm(int(max(0.0, end - _monotonic()) + EXIT_GRACE_S))
-    if load is None:
+    if idle is not None:
+        result = hold_idle(idle, args, end)
+    elif load is None:
         result = run_handshakes(args, start, end)
     else:
         try:
