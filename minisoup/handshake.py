@@ -18,6 +18,7 @@ from http import HTTPStatus
 from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from .errors import Error
+from .extensions import client_accept, client_offer, negotiate_server
 from .grammar import CTL, is_token, list_contains, split_list
 
 __all__ = [
@@ -105,13 +106,6 @@ def _valid_key(key: Optional[str]) -> bool:
         return False
 
 
-def _extensions_module():
-    # Imported on first use only: the handshake needs it only when extension
-    # types are configured, and this keeps handshake importable on its own.
-    from minisoup import extensions
-    return extensions
-
-
 def _bad_request(message: str, headers: Sequence[Header] = ()) -> HandshakeError:
     return HandshakeError(HTTPStatus.BAD_REQUEST, message, headers)
 
@@ -190,7 +184,7 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
 
     accepted: list = []
     if extension_types:
-        accepted, answer = _extensions_module().negotiate_server(
+        accepted, answer = negotiate_server(
             headers.get_list("Sec-WebSocket-Extensions"), list(extension_types))
         if answer:
             response.append(("Sec-WebSocket-Extensions", answer))
@@ -237,7 +231,7 @@ def client_request_headers(host: str, path: str, origin: Optional[str] = None,
                 raise ValueError("invalid subprotocol name %r" % protocol)
         headers.append(("Sec-WebSocket-Protocol", ", ".join(protocols)))
     if extension_types:
-        offer = _extensions_module().client_offer(list(extension_types))
+        offer = client_offer(list(extension_types))
         if offer:
             headers.append(("Sec-WebSocket-Extensions", offer))
     return key, headers
@@ -284,7 +278,7 @@ def client_check_response(status: int, headers: HeadersLike, key: str,
     accepted: list = []
     if extension_types:
         try:
-            accepted = _extensions_module().client_accept(answer, list(extension_types))
+            accepted = client_accept(answer, list(extension_types))
         except (ValueError, HandshakeError) as exc:
             raise HandshakeError(status, "Server returned bad Sec-WebSocket-Extensions: %s" % exc) from None
     elif answer is not None:

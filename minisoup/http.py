@@ -121,10 +121,6 @@ class MessageHeaders:
         self.remove(name)
         self.append_unchecked(name, value)
 
-    # The names connection.py and client.py still use.
-    _add = append_unchecked
-    _set = replace_unchecked
-
     def append(self, name: str, value: str) -> None:
         """Add a field (keeping any existing ones of the same name)."""
         _check_text("header name", name)
