@@ -44,6 +44,49 @@ def test_chunked_body_with_extensions_and_trailers():
     assert req.chunked and body == b"hello world"
 
 
+def test_pipelined_requests_in_pieces_keep_their_bytes():
+    # The parser moves an offset through its buffer instead of slicing the rest off per
+    # request; a feed() in the middle, a body, a chunked body and the bytes left for an
+    # upgrade must all come out right.
+    get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    post = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    chunked = (b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\nde\r\n0\r\n\r\n")
+    stream = get + post + chunked + get + b"\x81\x05hello"
+    for split in range(0, len(stream) + 1, 7):
+        p = RequestParser()
+        p.feed(stream[:split])
+        seen, bodies = [], []
+        fed = False
+        while True:
+            req = p.read_head()
+            if req is None:
+                if fed:
+                    break
+                p.feed(stream[split:])
+                fed = True
+                continue
+            seen.append(req.path)
+            if req.content_length or req.chunked:
+                body = p.read_body()
+                while body is None:
+                    assert not fed
+                    p.feed(stream[split:])
+                    fed = True
+                    body = p.read_body()
+                bodies.append(body)
+            if seen == ["/a", "/b", "/c", "/a"]:
+                if not fed:
+                    p.feed(stream[split:])
+                    fed = True
+                break
+        assert seen == ["/a", "/b", "/c", "/a"], split
+        assert bodies == [b"abc", b"de"], split
+        assert p.has_data
+        assert p.take_buffer() == b"\x81\x05hello", split
+        assert not p.has_data
+
+
 def test_byte_by_byte_is_the_same():
     data = (b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3\r\nabc\r\n0\r\n\r\n")
