@@ -63,7 +63,7 @@ NONCE_BUCKETS = 1024
 NONCE_SLOTS = 8
 
 _SLOT = struct.Struct("=QQI4x")      # nonce id, issue time (ms), highest nc seen
-_WATERMARK = struct.Struct("=Q")     # issue time (ms) of the newest nonce pushed out
+_WATERMARK = struct.Struct("=Q")     # 1 + issue time (ms) of the newest nonce pushed out
 _BUCKET_SIZE = _WATERMARK.size + NONCE_SLOTS * _SLOT.size
 
 
@@ -282,11 +282,12 @@ class NonceCounts:
                     free = slot_offset  # empty, or its nonce has expired anyway
             elif oldest < 0 or slot_issued < oldest_issued:
                 oldest, oldest_issued = slot_offset, slot_issued
+        # Stored plus one: 0 is "nothing pushed out yet" and a nonce issued at 0 ms counts.
         watermark = _WATERMARK.unpack_from(table, offset)[0]
-        if issued_ms <= watermark:
+        if issued_ms < watermark:
             return None
         if free < 0:
-            _WATERMARK.pack_into(table, offset, max(watermark, oldest_issued))
+            _WATERMARK.pack_into(table, offset, max(watermark, oldest_issued + 1))
             free = oldest
             if issued_ms <= oldest_issued:
                 return None  # this nonce is as old as the one pushed out
