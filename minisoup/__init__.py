@@ -16,6 +16,7 @@ from .extensions import WebsocketExtension
 from .deflate import WebsocketExtensionDeflate
 from .handshake import HandshakeError
 from .server import DEFAULT_LIMITS, Server
+from .auth import AuthDomain, AuthDomainBasic, AuthDomainDigest
 from .tls import ListenOptions, TlsAuthMode
 from .client import ClientConnection, ConnectionClosed, websocket_connect
 from .forms import (FORM_MIME_TYPE_MULTIPART, FORM_MIME_TYPE_URLENCODED, form_decode,
@@ -35,4 +36,5 @@ __all__ = [
     "form_decode", "form_encode", "form_decode_multipart", "FORM_MIME_TYPE_URLENCODED",
     "FORM_MIME_TYPE_MULTIPART", "Multipart", "Cookie", "SameSitePolicy", "cookies_from_request",
     "cookies_to_response", "ListenOptions", "TlsAuthMode",
+    "AuthDomain", "AuthDomainBasic", "AuthDomainDigest",
 ]

@@ -110,6 +110,11 @@ class ConnectionOwner(Protocol):
         stream over (:meth:`HTTPConnection.take_over`) and return True; else set the
         failure response on ``msg`` and return False."""
 
+    def authenticate(self, msg: ServerMessage) -> bool:
+        """The headers of ``msg`` are read: check them against the server's auth domains
+        (SPEC 10). True to go on to the early handler; False if ``msg`` was answered
+        (its status set, e.g. 401 with the challenges)."""
+
     def connection_closed(self, conn: "HTTPConnection") -> None:
         """The connection's transport is closed."""
 
@@ -335,7 +340,8 @@ class HTTPConnection:
         self.transport.pause_reading()
         owner.emit("request-started", msg)
         entry = self.entry = owner.lookup(path)
-        if entry is not None and entry.early is not None:
+        # The auth domains first (SPEC 10): a 401 is answered as an early handler's status.
+        if owner.authenticate(msg) and entry is not None and entry.early is not None:
             self._call(entry.early, msg, path, req.form)
         self._after_early()
 

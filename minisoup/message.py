@@ -98,7 +98,7 @@ class ServerMessage:
     __slots__ = ("_method", "_uri", "_version", "_request_headers", "_request_body",
                  "_remote", "_local", "_status", "_reason", "_response_headers",
                  "_response_body", "_paused", "_conn", "_started", "_peer_certificate",
-                 "__weakref__")
+                 "_auth_domain", "_auth_user", "__weakref__")
 
     def __init__(self, conn: Any, method: str, uri: SplitResult, version: str,
                  headers: MessageHeaders, remote: Any, local: Any,
@@ -118,6 +118,8 @@ class ServerMessage:
         self._response_body = ResponseBody()
         self._paused = False
         self._started = time.monotonic()
+        self._auth_domain: Any = None
+        self._auth_user: Optional[str] = None
 
     # -- the request ------------------------------------------------------------
     def get_method(self) -> str:
@@ -159,6 +161,15 @@ class ServerMessage:
         """Over TLS, the client's verified certificate as ``ssl.SSLSocket.getpeercert()``
         gives it; ``None`` without one (or without TLS). See ``Server.set_tls_auth_mode``."""
         return self._peer_certificate
+
+    def get_auth_user(self) -> Optional[str]:
+        """The user name an auth domain accepted for this request (``None`` if no domain
+        covered it; see ``Server.add_auth_domain``)."""
+        return self._auth_user
+
+    def get_auth_domain(self) -> Any:
+        """The auth domain that accepted this request, or ``None``."""
+        return self._auth_domain
 
     # -- the response -------------------------------------------------------------
     def set_status(self, status_code: int, reason_phrase: Optional[str] = None) -> None:
@@ -236,6 +247,11 @@ class ServerMessage:
     def set_request_body(self, body: bytes) -> None:
         """For the connection: the request body has been read."""
         self._request_body = body
+
+    def set_auth(self, domain: Any, user: str) -> None:
+        """For the server: ``domain`` accepted this request as ``user`` (SPEC 10)."""
+        self._auth_domain = domain
+        self._auth_user = user
 
     def cleanup_response(self) -> None:
         """For the connection: forget the response built so far (status, reason, headers,

@@ -10,6 +10,7 @@ from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Pr
 from urllib.parse import SplitResult
 
 from ._version import __version__
+from .auth import AuthDomain, authenticate
 from .connection import HTTPConnection
 from .handshake import HandshakeError, server_handshake
 from .http import _check_text, quote_path
@@ -103,12 +104,14 @@ class _ConnectionOwner:
     """
 
     __slots__ = ("server", "lookup", "upgrade", "connection_closed", "access_log", "emit",
-                 "call_soon")
+                 "call_soon", "authenticate")
 
     def __init__(self, server: "Server", lookup: Callable, upgrade: Callable,
-                 connection_closed: Callable, access_log: Callable) -> None:
+                 connection_closed: Callable, access_log: Callable,
+                 authenticate: Callable) -> None:
         self.server = server
         self.lookup = lookup
+        self.authenticate = authenticate
         self.upgrade = upgrade
         self.connection_closed = connection_closed
         self.access_log = access_log
@@ -177,8 +180,10 @@ class Server(SignalEmitter):
         self._accept_paused_until = 0.0
         self._gate: Optional[AcceptGate] = None  # a pre-fork worker's balancer
         self._pubsub = PubSub(self)  # publish/subscribe (SPEC 9); each worker has its own
+        self._auth_domains: List[AuthDomain] = []
         self._owner = _ConnectionOwner(self, self._lookup, self._websocket_handshake,
-                                       self._connection_closed, self._access_log)
+                                       self._connection_closed, self._access_log,
+                                       self._authenticate)
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers
@@ -253,6 +258,24 @@ class Server(SignalEmitter):
             if path.startswith(prefix):
                 return self._handlers[prefix]
         return self._handlers.get("/")
+
+    # -- auth domains (SPEC 10) ------------------------------------------------------
+    def add_auth_domain(self, domain: AuthDomain) -> None:
+        """Check requests against ``domain`` (an ``AuthDomainBasic`` or
+        ``AuthDomainDigest``) when their headers are read, before the early handler. A
+        covered request that no domain accepts is answered ``401`` with each covering
+        domain's challenge; domains are tried in the order they were added."""
+        if domain not in self._auth_domains:
+            self._auth_domains.append(domain)
+
+    def remove_auth_domain(self, domain: AuthDomain) -> None:
+        """Stop checking requests against ``domain`` (no-op if it was not added)."""
+        if domain in self._auth_domains:
+            self._auth_domains.remove(domain)
+
+    def _authenticate(self, msg: ServerMessage) -> bool:
+        domains = self._auth_domains
+        return not domains or authenticate(domains, msg)
 
     def add_websocket_extension(self, extension_type: type) -> None:
         """Offer ``extension_type`` to every WebSocket handler (no-op if already there)."""

@@ -114,6 +114,9 @@ class FakeOwner:
         self.upgraded.append(conn.take_over())
         return True
 
+    def authenticate(self, msg):
+        return True
+
     def connection_closed(self, conn):
         self.closed.append(conn)
 
