@@ -224,6 +224,10 @@ def test_server_and_cli_check_the_broker_url():
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, timeout=20, universal_newlines=True)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-m", "minisoup", "--help"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, timeout=20, universal_newlines=True)
+    assert "--broker redis://HOST:PORT[/DB]" in result.stdout
+    assert "--trusted-proxies" in result.stdout
 
 
 # -- two pre-forked servers through a real redis-server ---------------------------------------------

@@ -4,7 +4,6 @@ directory's permissions."""
 
 import logging
 import os
-import signal
 import socket
 import sys
 import time
