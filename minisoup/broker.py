@@ -237,13 +237,15 @@ class _Link:
             hello.append(encode_command("SELECT", url.db))
         hello.append(encode_command("PING"))  # its answer proves Redis is there
         self.transport.write(b"".join(hello))
-        self._on_open()
-        self._timer = self.loop.call_later(BROKER_PING_INTERVAL_S, self._ping)
+        if self.state is LinkState.OPEN:  # the write may have found the peer gone
+            self._on_open()
+        if self.state is LinkState.OPEN:
+            self._timer = self.loop.call_later(BROKER_PING_INTERVAL_S, self._ping)
 
     def _fail(self, reason: str) -> None:
         """This attempt or connection failed: close it, schedule the next one."""
-        if self.state is LinkState.CLOSED:
-            return
+        if self.state is LinkState.CLOSED or self.state is LinkState.WAITING:
+            return  # closed for good, or already failed (the retry is scheduled)
         self._cancel_timer()
         if self._sock is not None:
             self.loop.remove_reader(self._sock)

@@ -346,3 +346,38 @@ def test_redis_restart_local_delivery_goes_on_and_cross_server_resumes(two_serve
         thread.join(15)
     for name, texts in results.items():
         assert texts == ["after-a", "after-b"], (name, texts)
+
+
+def test_link_lifecycle_table_and_a_connection_lost_at_once():
+    from minisoup.broker import _TRANSITIONS, LinkState
+    assert set(_TRANSITIONS) == set(LinkState)
+    assert _TRANSITIONS[LinkState.CLOSED] == ()
+    # A Redis that accepts and resets at once: the link keeps retrying (never a ping
+    # timer standing in for the retry), and a second failure report is harmless.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    loop = Loop()
+    pubsub, broker = broker_on(loop, "redis://127.0.0.1:%d" % listener.getsockname()[1])
+    accepted = []
+
+    def reset(events):
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        sock.close()
+        accepted.append(1)
+
+    loop.add_reader(listener, reset)
+    try:
+        broker.start()
+        run_until(loop, lambda: len(accepted) >= 6, timeout=5)
+        broker.publisher._fail("twice")  # WAITING already or soon: no AssertionError
+    finally:
+        broker.close()
+        loop.remove_reader(listener)
+        listener.close()
+        loop.close()
