@@ -1,5 +1,6 @@
 """``python -m minisoup [APP] [--bind HOST:PORT ...] [--workers N] [--log-level LEVEL]
-[--certfile FILE [--keyfile FILE] [--ca-certs FILE [--client-cert optional|required]]]``.
+[--certfile FILE [--keyfile FILE] [--ca-certs FILE [--client-cert optional|required]]]
+[--broker redis://HOST:PORT[/DB]] [--trusted-proxies IP[/BITS],...]``.
 
 ``APP`` is ``module:function``; the function is called with the :class:`Server`
 before the workers are forked, to register handlers. Without ``APP``, the built-in
@@ -18,7 +19,9 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from ._version import __version__
 from .errors import Error
+from .forwarded import parse_trusted_proxies
 from .prefork import install_log_tag
+from .resp import parse_redis_url
 from .server import DEFAULT_LIMITS, Server
 from .tls import ListenOptions, TlsAuthMode
 
@@ -69,6 +72,23 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _broker_url(text: str) -> str:
+    try:
+        parse_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
+
+
+def _trusted_proxies(text: str) -> Tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    try:
+        parse_trusted_proxies(items)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return items
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (every option documented in ``--help``)."""
     cpus = os.cpu_count() or 1
@@ -104,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_LIMITS["max_connections"],
                         help="connections per worker above which it stops accepting "
                              "(default: %(default)d)")
+    parser.add_argument("--broker", metavar="redis://HOST:PORT[/DB]", type=_broker_url,
+                        help="publish/subscribe across servers (hosts) through this Redis "
+                             "server; each worker keeps its own connections to it")
+    parser.add_argument("--trusted-proxies", metavar="IP[/BITS],...", type=_trusted_proxies,
+                        default=(),
+                        help="comma-separated addresses or networks of reverse proxies "
+                             "whose Forwarded / X-Forwarded-For headers name the client "
+                             "(default: none, the headers are ignored)")
     parser.add_argument("--post-fork", metavar="MODULE:FUNCTION",
                         help="called with the Server in each worker after the fork, before "
                              "it serves (per-process setup; server.get_worker_id() says "
@@ -167,7 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     install_log_tag()
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     server = Server(graceful_timeout=args.graceful_timeout, worker_timeout=args.worker_timeout,
-                    max_connections=args.max_connections)
+                    max_connections=args.max_connections, broker=args.broker,
+                    trusted_proxies=args.trusted_proxies)
     try:
         if args.app:
             register = load_app(args.app)

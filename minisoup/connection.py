@@ -127,6 +127,10 @@ class ConnectionOwner(Protocol):
     def call_soon(self, callback: Callable, *args: Any) -> Any:
         """Run ``callback(*args)`` at the next loop iteration."""
 
+    def client_address(self, remote: Any, headers: Any) -> Any:
+        """The client's address for a request from ``remote`` with ``headers``: ``remote``
+        itself unless it is a trusted proxy (``Server(trusted_proxies=...)``)."""
+
 
 class HTTPConnection:
     """The protocol object of one server-side HTTP connection (see ``loop.SocketTransport``).
@@ -332,7 +336,8 @@ class HTTPConnection:
         path = req.path
         host = req.host or req.headers.get_one("Host") or ""
         uri = SplitResult(self.scheme, host, path, req.query or "", "")
-        msg = ServerMessage(self, req.method, uri, req.version, req.headers, self.remote,
+        remote = owner.client_address(self.remote, req.headers)  # behind a trusted proxy
+        msg = ServerMessage(self, req.method, uri, req.version, req.headers, remote,
                             self.local, peer_certificate=self.transport.get_peer_certificate()
                             if self.scheme == "https" else None)
         self.msg = msg

@@ -19,10 +19,25 @@ No I/O here. Three parts:
   had to abandon a stream and open another to the same worker, the receiver keeps
   the newer and drops the older, so that stale records never overtake newer ones.
 
+- The broker envelope, the unit in which a publication travels through Redis
+  (``broker.py`` speaks to Redis): :func:`encode_envelope` and
+  :func:`decode_envelope`. The topic is the Redis channel's name; the message is::
+
+      3s  b"MS1" (what this is, and its version)
+      !B  data type: 1 TEXT, 2 BINARY
+      8s  origin: the id of the server process (master and its workers) that published
+          the payload
+
+  The origin is what makes delivery exactly once across hosts: a server's own
+  publications reached its workers through the relay already, so each of its
+  workers ignores them when Redis sends them back.
+
 - :class:`PubSub`: the server's side. :meth:`PubSub.publish` delivers in this
   process at once and hands one record to the relay, if this process has one (a
-  pre-forked worker); the relay calls :meth:`PubSub.deliver_record` for each record
-  another worker published.
+  pre-forked worker), and the publication to the broker, if there is one; the
+  relay calls :meth:`PubSub.deliver_record` for each record another worker
+  published, the broker :meth:`PubSub.deliver` for each publication of another
+  server.
 """
 
 import logging
@@ -36,7 +51,7 @@ from .websocket import JOIN_BELOW, WebsocketDataType, WebsocketState
 log = logging.getLogger("minisoup")
 
 __all__ = ["PubSub", "TopicRegistry", "Subscription", "RecordParser", "RelayProtocolError",
-           "encode_record", "check_topic", "MAX_TOPIC_SIZE", "MAX_PUBLICATION_SIZE",
+           "encode_record", "encode_envelope", "decode_envelope", "check_topic", "MAX_TOPIC_SIZE", "MAX_PUBLICATION_SIZE",
            "MAX_RECORD_SIZE"]
 
 MAX_TOPIC_SIZE = 1024                      # bytes of a topic's UTF-8 (ValueError above)
@@ -46,6 +61,9 @@ RECORD_PREFIX_SIZE = 4                     # the !I that the rest length does no
 MAX_RECORD_SIZE = RECORD_HEADER.size + MAX_TOPIC_SIZE + MAX_PUBLICATION_SIZE
 RECORD_HELLO = 0
 HELLO_PAYLOAD = struct.Struct("!QQ")     # sender's epoch, stream number
+ENVELOPE_MAGIC = b"MS1"
+ENVELOPE = struct.Struct("!3sB8s")       # magic, data type, origin
+ORIGIN_SIZE = 8                          # bytes of a server process's id
 
 _TEXT = int(WebsocketDataType.TEXT)
 _BINARY = int(WebsocketDataType.BINARY)
@@ -142,6 +160,29 @@ class RecordParser:
         return len(self._buf)
 
 
+# -- the broker envelope ----------------------------------------------------------------------
+def encode_envelope(data_type: int, origin: bytes) -> bytes:
+    """The start of a Redis message (see the module docstring); the payload follows it."""
+    return ENVELOPE.pack(ENVELOPE_MAGIC, data_type, origin)
+
+
+def decode_envelope(message: bytes) -> Tuple[bytes, int, bytes]:
+    """``(origin, data_type, payload)`` of a Redis message; ``RelayProtocolError`` if it
+    is not one of ours (another program publishing on the channel) or is malformed."""
+    if len(message) < ENVELOPE.size:
+        raise RelayProtocolError("broker message of %d bytes: too short" % len(message))
+    magic, data_type, origin = ENVELOPE.unpack_from(message)
+    if magic != ENVELOPE_MAGIC or data_type not in _DATA_TYPES:
+        raise RelayProtocolError("broker message not from minisoup (starts %r)" % message[:4])
+    payload = message[ENVELOPE.size:]
+    if data_type == _TEXT:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RelayProtocolError("broker TEXT message is not UTF-8")
+    return origin, data_type, payload
+
+
 # -- who is subscribed -----------------------------------------------------------------------
 class Subscription:
     """A server-side listener (``Server.subscribe``); :meth:`cancel` removes it."""
@@ -172,18 +213,37 @@ class TopicRegistry:
     Connections of a topic are kept in subscription order (a dict used as an ordered
     set), so that a publication reaches them in a stable order. Empty topics are
     dropped at once: memory follows what is subscribed, not what was ever published.
+
+    ``watcher``, if set, is called ``watcher(topic, True)`` when a topic gets its
+    first subscriber (connection or listener) and ``watcher(topic, False)`` when it
+    loses its last: what a broker subscribes to follows this.
     """
 
-    __slots__ = ("_connections", "_topics", "_listeners")
+    __slots__ = ("_connections", "_topics", "_listeners", "watcher")
 
     def __init__(self) -> None:
         self._connections: Dict[str, Dict[Any, None]] = {}
         self._topics: Dict[Any, set] = {}
         self._listeners: Dict[str, List[Subscription]] = {}
+        self.watcher: Optional[Callable[[str, bool], None]] = None
+
+    def is_active(self, topic: str) -> bool:
+        """True if ``topic`` has a subscribed connection or a listener."""
+        return topic in self._connections or topic in self._listeners
+
+    def active_topics(self) -> List[str]:
+        """Every topic with a subscribed connection or a listener."""
+        return list(self._connections) + [t for t in self._listeners
+                                          if t not in self._connections]
 
     def subscribe(self, conn: Any, topic: str) -> None:
         """Add ``conn`` to ``topic`` (no-op if already there)."""
-        self._connections.setdefault(topic, {})[conn] = None
+        members = self._connections.get(topic)
+        if members is None:
+            members = self._connections[topic] = {}
+            if self.watcher is not None and topic not in self._listeners:
+                self.watcher(topic, True)
+        members[conn] = None
         self._topics.setdefault(conn, set()).add(topic)
 
     def unsubscribe(self, conn: Any, topic: str) -> None:
@@ -206,6 +266,8 @@ class TopicRegistry:
         del members[conn]
         if not members:
             del self._connections[topic]
+            if self.watcher is not None and topic not in self._listeners:
+                self.watcher(topic, False)
 
     def topics_of(self, conn: Any) -> FrozenSet[str]:
         """The topics ``conn`` is subscribed to."""
@@ -219,7 +281,12 @@ class TopicRegistry:
                      user_data: tuple) -> Subscription:
         """Register a server-side listener on ``topic``; returns its handle."""
         subscription = Subscription(self, topic, callback, user_data)
-        self._listeners.setdefault(topic, []).append(subscription)
+        listeners = self._listeners.get(topic)
+        if listeners is None:
+            listeners = self._listeners[topic] = []
+            if self.watcher is not None and topic not in self._connections:
+                self.watcher(topic, True)
+        listeners.append(subscription)
         return subscription
 
     def remove_listener(self, subscription: Subscription) -> None:
@@ -229,6 +296,8 @@ class TopicRegistry:
             listeners.remove(subscription)
             if not listeners:
                 del self._listeners[subscription.topic]
+                if self.watcher is not None and subscription.topic not in self._connections:
+                    self.watcher(subscription.topic, False)
 
     def listeners(self, topic: str) -> Optional[List[Subscription]]:
         """The listeners of ``topic`` (None if none). Do not modify it."""
@@ -249,10 +318,31 @@ class PubSub:
         self._server = server
         self._registry = TopicRegistry()
         self._relay: Any = None  # relay.RelayEndpoint, in a pre-forked worker
+        self._broker: Any = None  # broker.RedisBroker, with Server(broker=...)
 
     def attach_relay(self, relay: Any) -> None:
         """Use ``relay`` (an object with ``send(record)``) to reach the other workers."""
         self._relay = relay
+
+    def attach_broker(self, broker: Any) -> None:
+        """Use ``broker`` to reach other servers: ``broker.publish(data_type, topic,
+        payload)`` per publication, ``broker.topic_added(topic)`` /
+        ``broker.topic_removed(topic)`` as topics gain their first subscriber and lose
+        their last (``None``: detach)."""
+        self._broker = broker
+        self._registry.watcher = self._topic_changed if broker is not None else None
+
+    def active_topics(self) -> List[str]:
+        """The topics subscribed to in this process (what the broker must listen to)."""
+        return self._registry.active_topics()
+
+    def _topic_changed(self, topic: str, active: bool) -> None:
+        broker = self._broker
+        if broker is not None:
+            if active:
+                broker.topic_added(topic)
+            else:
+                broker.topic_removed(topic)
 
     # -- connections (WebsocketConnection.subscribe & co. call these) ----------------------
     def subscribe(self, conn: Any, topic: str) -> None:
@@ -303,6 +393,8 @@ class PubSub:
                              % (len(payload), MAX_PUBLICATION_SIZE))
         if self._relay is not None:
             self._relay.send(encode_record(data_type, topic_bytes, payload))
+        if self._broker is not None:
+            self._broker.publish(data_type, topic_bytes, payload)
         self.deliver(data_type, topic, payload, text, exclude)
 
     def deliver_record(self, data_type: int, topic: str, payload: bytes) -> None:

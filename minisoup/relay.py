@@ -1,12 +1,24 @@
 """The relay between pre-forked workers: how a publication made in one worker reaches the others.
 
 **Design: a mesh of Unix stream sockets, no hub.** Before forking a worker, the
-master binds a listening Unix socket for it (:meth:`RelayDirectory.open_slot`) in
-a private directory (mode 0700: only this user's processes can inject a
-publication; an abstract-namespace socket would let any local user in), and writes
-the worker's *epoch* — a number never reused — into a small shared table. A worker
-that publishes connects on demand to every worker listed there and writes its
-records (``pubsub.encode_record``) straight to it.
+master binds a listening Unix socket for it (:meth:`RelayDirectory.open_slot`) and
+writes the worker's *epoch* — a number never reused — into a small shared table. A
+worker that publishes connects on demand to every worker listed there and writes
+its records (``pubsub.encode_record``) straight to it.
+
+**Where the sockets live.** On Linux, in the abstract namespace (an address that
+starts with a NUL byte): no file at all, so nothing is left behind when the master
+is SIGKILLed, and nothing to clean up. Abstract sockets have no file permissions
+and their names are listed in ``/proc/net/unix`` for anyone to read, so the name
+is no secret and two checks keep the relay to this server's processes, as the
+private directory's mode 0700 did: (1) a receiver reads the kernel's record of who
+connected (``SO_PEERCRED``, taken at ``connect()``, not forgeable) and drops any
+stream from another user; (2) a sender checks the same of the listener it reached
+(its creator: our master), so that publications never go to someone who bound a
+dead worker's name. Names are also unguessable — a hash of a random secret drawn
+by the master and the epoch — so that no one can bind the next worker's name first
+and keep it from starting. Elsewhere, the sockets are files in a private directory
+(mode 0700) that the master removes.
 
 Why not a socketpair per worker with the master fanning out: the master would
 become an I/O loop on the path of every publication (one more copy and hop, and a
@@ -34,11 +46,14 @@ they come and delivers each at once: it has no queue of its own beyond one
 incomplete record (``pubsub.MAX_RECORD_SIZE``).
 """
 
+import hashlib
 import logging
 import mmap
 import os
 import shutil
 import socket
+import struct
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -57,25 +72,44 @@ RELAY_BATCH_SIZE = 64 * 1024              # a batch this big is flushed at once,
                                           # end of the loop iteration
 RELAY_RETRY_S = 1.0                       # a cut-off (or unreachable) peer gets nothing this long
 RELAY_BACKLOG = 64                        # pending connections per worker's relay socket
-SOCKET_NAME = "%d.sock"                   # a worker's socket file, by epoch
+SOCKET_NAME = "%d.sock"                   # a worker's socket file, by epoch (not Linux)
+ABSTRACT_PREFIX = b"\0minisoup-relay-"    # + hash of (secret, epoch): Linux's abstract names
+ABSTRACT = sys.platform.startswith("linux")
 _UNIX_PATH_MAX = 100                      # sun_path is 108 bytes on Linux, 104 on BSDs
+_PEERCRED = struct.Struct("3i")           # struct ucred: pid, uid, gid
+
+
+def peer_is_us(sock: socket.socket) -> bool:
+    """True if the other end of the Unix stream ``sock`` runs as our effective user
+    (Linux: ``SO_PEERCRED``; elsewhere the private directory vouches for it)."""
+    if not ABSTRACT:
+        return True
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                           _PEERCRED.size))
+    except OSError:
+        return False
+    return uid == os.geteuid()
 
 
 class RelayDirectory:
     """The relay's shared parts, created by the master before the first fork.
 
-    A private directory of socket files and, in an anonymous shared mmap, per
-    worker slot: the epoch of the worker in it (0: none) and its worker id (for log
+    The workers' socket addresses (Linux: abstract names; elsewhere files in a
+    private directory, ``path``) and, in an anonymous shared mmap, per worker slot: the epoch of the worker in it (0: none) and its worker id (for log
     lines). The master writes; workers read (each value is an aligned 8-byte word
     written whole, as in ``prefork.WorkerTable``).
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.path = tempfile.mkdtemp(prefix="minisoup-relay-")  # mode 0700
-        if len(os.path.join(self.path, SOCKET_NAME % 10 ** 9)) > _UNIX_PATH_MAX:
-            os.rmdir(self.path)  # a long $TMPDIR: fall back to the short one
-            self.path = tempfile.mkdtemp(prefix="minisoup-relay-", dir="/tmp")
+        self.path: Optional[str] = None
+        self._secret = os.urandom(16)  # inherited by the workers; see the module docstring
+        if not ABSTRACT:
+            self.path = tempfile.mkdtemp(prefix="minisoup-relay-")  # mode 0700
+            if len(os.path.join(self.path, SOCKET_NAME % 10 ** 9)) > _UNIX_PATH_MAX:
+                os.rmdir(self.path)  # a long $TMPDIR: fall back to the short one
+                self.path = tempfile.mkdtemp(prefix="minisoup-relay-", dir="/tmp")
         self._mmap = mmap.mmap(-1, 2 * 8 * capacity)
         self._view = memoryview(self._mmap)
         self.epochs = self._view[:8 * capacity].cast("q")
@@ -83,8 +117,12 @@ class RelayDirectory:
         self._next_epoch = 1
         self._listeners: Dict[int, socket.socket] = {}  # master: not yet handed over
 
-    def socket_path(self, epoch: int) -> str:
-        """The socket file of the worker with ``epoch``."""
+    def socket_path(self, epoch: int) -> Any:
+        """The socket address of the worker with ``epoch``: an abstract name (bytes
+        starting with NUL) on Linux, else a file's path."""
+        if self.path is None:
+            digest = hashlib.sha256(self._secret + b"%d" % epoch).hexdigest()[:32]
+            return ABSTRACT_PREFIX + digest.encode("ascii")
         return os.path.join(self.path, SOCKET_NAME % epoch)
 
     # -- master ----------------------------------------------------------------------------
@@ -116,7 +154,7 @@ class RelayDirectory:
         self.forked(slot)
         epoch = self.epochs[slot]
         self.epochs[slot] = 0
-        if epoch:
+        if epoch and self.path is not None:
             try:
                 os.unlink(self.socket_path(epoch))
             except OSError:
@@ -126,7 +164,8 @@ class RelayDirectory:
         """Remove the directory and unmap (the master, once every worker is gone)."""
         for slot in list(self._listeners):
             self.forked(slot)
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
         for view in (self.epochs, self.worker_ids, self._view):
             view.release()
         self._mmap.close()
@@ -231,6 +270,10 @@ class RelayEndpoint:
             except OSError as exc:
                 log.error("relay: accept failed: %s", exc)
                 return
+            if not peer_is_us(sock):
+                log.warning("relay: refused a connection from another user")
+                sock.close()
+                continue
             sock.setblocking(False)
             inbound = _Inbound(self)
             inbound.transport = SocketTransport(self.loop, sock, inbound)
@@ -314,6 +357,8 @@ class _Peer:
             # A Unix stream connect completes at once, or fails at once (EAGAIN when the
             # peer's backlog is full: it is not accepting).
             sock.connect(self._directory.socket_path(self.epoch))
+            if not peer_is_us(sock):
+                raise OSError("the socket is not ours (another user bound its name)")
         except OSError as exc:
             sock.close()
             log.debug("relay: cannot reach %s: %s", self._name(), exc)

@@ -12,11 +12,14 @@ from urllib.parse import SplitResult
 from ._version import __version__
 from .auth import AuthDomain, authenticate
 from .connection import HTTPConnection
+from .forwarded import TrustedProxies
 from .handshake import HandshakeError, server_handshake
 from .http import _check_text, quote_path
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
+from .broker import RedisBroker, new_origin
 from .pubsub import PubSub, Subscription
+from .resp import parse_redis_url
 from .signals import SignalEmitter, last_callback
 from .tls import ListenOptions, TlsAuthMode, TlsConfig, TLSTransport
 from .websocket import CloseCode, WebsocketConnection, WebsocketConnectionType
@@ -104,11 +107,11 @@ class _ConnectionOwner:
     """
 
     __slots__ = ("server", "lookup", "upgrade", "connection_closed", "access_log", "emit",
-                 "call_soon", "authenticate")
+                 "call_soon", "authenticate", "client_address")
 
     def __init__(self, server: "Server", lookup: Callable, upgrade: Callable,
                  connection_closed: Callable, access_log: Callable,
-                 authenticate: Callable) -> None:
+                 authenticate: Callable, client_address: Callable) -> None:
         self.server = server
         self.lookup = lookup
         self.authenticate = authenticate
@@ -117,6 +120,7 @@ class _ConnectionOwner:
         self.access_log = access_log
         self.emit = server.emit
         self.call_soon = server.call_soon
+        self.client_address = client_address
 
 
 def _default_extensions() -> list:
@@ -136,6 +140,13 @@ class Server(SignalEmitter):
     ``graceful_timeout`` (s a graceful stop may take), ``worker_timeout`` (s a pre-forked
     worker may go without a heartbeat before the master kills and replaces it).
 
+    ``broker``: ``"redis://HOST:PORT[/DB]"`` to publish/subscribe across server
+    processes and hosts through Redis (:meth:`publish`; see ``broker.py``); ``ValueError``
+    for a URL that is not one. ``trusted_proxies``: addresses or networks
+    (``["10.0.0.0/8", "::1"]``) of reverse proxies whose ``Forwarded`` /
+    ``X-Forwarded-For`` headers name the client for ``msg.get_remote_host()`` and
+    ``get_remote_address()`` (see ``forwarded.py``); default none.
+
     Signals: ``request-started``, ``request-read``, ``request-finished``,
     ``request-aborted``, each with the :class:`ServerMessage`; ``worker-started``
     (no argument: ``callback(server, *user_data)``), emitted in each process that is
@@ -149,7 +160,9 @@ class Server(SignalEmitter):
     SIGNALS = ("request-started", "request-read", "request-finished", "request-aborted",
                "worker-started")
 
-    def __init__(self, server_header: Optional[str] = DEFAULT_SERVER_HEADER, **limits: Any) -> None:
+    def __init__(self, server_header: Optional[str] = DEFAULT_SERVER_HEADER,
+                 broker: Optional[str] = None, trusted_proxies: Sequence[str] = (),
+                 **limits: Any) -> None:
         unknown = set(limits) - set(DEFAULT_LIMITS)
         if unknown:
             raise TypeError("unknown Server option(s): %s" % ", ".join(sorted(unknown)))
@@ -181,9 +194,16 @@ class Server(SignalEmitter):
         self._gate: Optional[AcceptGate] = None  # a pre-fork worker's balancer
         self._pubsub = PubSub(self)  # publish/subscribe (SPEC 9); each worker has its own
         self._auth_domains: List[AuthDomain] = []
+        # The broker (SPEC 9): checked now, connected in each serving process (_serve).
+        self._broker_url = parse_redis_url(broker) if broker is not None else None
+        self._broker_origin: Optional[bytes] = None  # drawn in run(): one per server process
+        self._broker: Optional[RedisBroker] = None
+        self._trusted_proxies = TrustedProxies(trusted_proxies)
         self._owner = _ConnectionOwner(self, self._lookup, self._websocket_handshake,
                                        self._connection_closed, self._access_log,
-                                       self._authenticate)
+                                       self._authenticate,
+                                       self._client_address if self._trusted_proxies
+                                       else _peer_address)
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers
@@ -445,7 +465,9 @@ class Server(SignalEmitter):
 
         ``exclude``: a connection that must not receive it (the sender). Never blocks;
         delivery is at most once, in publication order per worker and topic. Also runs
-        the :meth:`subscribe` listeners of ``topic`` in every worker. ``TypeError`` /
+        the :meth:`subscribe` listeners of ``topic`` in every worker. With a ``broker``,
+        also in every other server attached to it (exactly once each; dropped for them
+        while Redis is unreachable, see ``broker.py``). ``TypeError`` /
         ``ValueError`` for a topic that is not 1-1024 bytes of text or data over 16 MiB.
         """
         self._pubsub.publish(topic, data, exclude)
@@ -465,6 +487,8 @@ class Server(SignalEmitter):
         """Serve until stopped. ``workers=0``: in this process; ``N``: N forked workers."""
         if not self._listeners:
             raise RuntimeError("call listen(), listen_local() or listen_all() before run()")
+        # Before the fork: the master's workers share it (see broker.py, exactly once).
+        self._broker_origin = new_origin()
         if workers:
             from .prefork import Arbiter
             Arbiter(self, workers).run()
@@ -519,15 +543,38 @@ class Server(SignalEmitter):
                 loop.add_signal_handler(signal.SIGQUIT, lambda s: self.stop(graceful=False))
         self._start_accepting()
         self._schedule_sweep()
+        self._start_broker()
         try:
             loop.run()
         finally:
             self._running = False
             self._stop_accepting()
+            self._stop_broker()
             for conn in list(self._http) + list(self._websockets):
                 conn.transport.abort()
             if install_signals:
                 loop.remove_signal_handlers()
+
+    def _start_broker(self) -> None:
+        """With ``broker=``: attach this process to Redis (each worker has its own)."""
+        if self._broker_url is None:
+            return
+        if self._broker_origin is None:
+            self._broker_origin = new_origin()
+        self._broker = RedisBroker(self._loop, self._broker_url, self._broker_origin,
+                                   self._pubsub)
+        self._pubsub.attach_broker(self._broker)
+        self._broker.start()
+
+    def _stop_broker(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            self._pubsub.attach_broker(None)
+            broker.close()
+
+    def get_broker(self) -> Optional[str]:
+        """The broker's URL as given to ``Server(broker=...)`` (password hidden), or None."""
+        return self._broker_url.display() if self._broker_url is not None else None
 
     def _schedule_sweep(self) -> None:
         tick = max(0.05, min(1.0, self.request_timeout / 4, self.idle_timeout / 4))
@@ -741,6 +788,17 @@ class Server(SignalEmitter):
         transport.resume_reading()
         return True
 
+    def _client_address(self, remote: Any, headers: Any) -> Any:
+        """The client of a request (SPEC 1b): behind a trusted proxy, from its headers."""
+        if not self._trusted_proxies.is_trusted(remote[0] if remote else None):
+            return remote
+        return self._trusted_proxies.client_address(
+            remote, headers.get_list("Forwarded"), headers.get_list("X-Forwarded-For"))
+
+    def get_trusted_proxies(self) -> List[str]:
+        """The ``trusted_proxies`` networks, as strings (e.g. ``["10.0.0.0/8"]``)."""
+        return [str(network) for network in self._trusted_proxies.networks]
+
     def _websocket_closed(self, ws: WebsocketConnection) -> None:
         if access_log.isEnabledFor(logging.INFO):
             remote = ws.get_remote_address()
@@ -763,6 +821,11 @@ def _websocket_uri(uri: Any) -> Any:
     # The connection's URI names the WebSocket: ws:// or, over TLS, wss:// (SPEC 8).
     return SplitResult("wss" if uri.scheme == "https" else "ws", uri.netloc, uri.path, uri.query,
                        uri.fragment)
+
+
+def _peer_address(remote: Any, headers: Any) -> Any:
+    # Without trusted proxies: the socket's peer, whatever the headers say.
+    return remote
 
 
 def _normalize_path(path: Optional[str]) -> str:

@@ -129,6 +129,9 @@ class FakeOwner:
     def call_soon(self, callback, *args):
         self.soon.append((callback, args))
 
+    def client_address(self, remote, headers):
+        return remote  # no trusted proxies
+
     def run_soon(self):
         """Run what was scheduled, as the loop's next iteration would; returns how many."""
         ran = 0
