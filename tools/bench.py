@@ -862,6 +862,7 @@ class FanoutRun:
         self.load_cpu = 0.0
         self.busy = 0.0      # CPU the whole machine used in the windows
         self.split = {}      # worker id -> subscribers
+        self.spans = {}      # worker id -> [(first, last) per publication], s after the trigger
         self.notes = []
 
     def cpu_text(self) -> str:
@@ -910,7 +911,7 @@ def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int
                 trigger.sendall(frame)
                 got = []
                 for proc in loads:
-                    fields = _readline(proc, FANOUT_PUB_TIMEOUT_S).split()
+                    fields = _readline(proc, FANOUT_PUB_TIMEOUT_S).split(" ", 6)
                     if fields[0] != "GOT" or int(fields[1]) != seq:
                         raise RuntimeError("fan-out load generator said %r" % " ".join(fields))
                     got.append(fields[2:])
@@ -919,6 +920,13 @@ def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int
                 if seq < FANOUT_WARMUP:
                     continue
                 count = sum(int(g[3]) for g in got)
+                spans = {}
+                for g in got:
+                    for worker, (first, last) in json.loads(g[4]).items():
+                        old = spans.get(worker, (first, last))
+                        spans[worker] = (min(old[0], first), max(old[1], last))
+                for worker, (first, last) in spans.items():
+                    run.spans.setdefault(worker, []).append((first - sent_real, last - sent_real))
                 last = max(float(g[1]) for g in got) - sent_real
                 run.first.append(min(float(g[0]) for g in got) - sent_real)
                 run.last.append(last)
@@ -998,8 +1006,13 @@ def bench_fanout(timing: dict) -> None:
         detail("CPU: %s; per delivery %.2f us server CPU, %.2f us load generator"
                % (run.cpu_text(), 1e6 * run.server_cpu / run.deliveries,
                   1e6 * run.load_cpu / run.deliveries))
-        detail("subscribers per worker: %s" % " + ".join(
-            "%d" % run.split[w] for w in sorted(run.split, key=int)))
+        if len(run.split) > 1:
+            # Whether the workers fan out at the same time: each one's first and last copy.
+            detail("per worker, subscribers and median first-last copy: %s" % ", ".join(
+                "%s: %d, %.1f-%.1f ms" % (w, run.split[w],
+                                          1e3 * _percentile([f for f, _l in run.spans[w]], 0.5),
+                                          1e3 * _percentile([la for _f, la in run.spans[w]], 0.5))
+                for w in sorted(run.split, key=int)))
         for note in run.notes[:4]:
             detail("! " + note)
     mine = [(label, target) for label, target in

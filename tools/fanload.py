@@ -8,12 +8,13 @@ prints ``READY {"conns": N, "workers": {"<id>": count, ...}}``. From then on eve
 message ``P<seq> ...`` (a publication) is accounted for; once each open connection has
 received publication ``seq``, the process prints one line::
 
-    GOT <seq> <first> <last> <last_read> <count>
+    GOT <seq> <first> <last> <last_read> <count> {"<worker id>": [<first>, <last>], ...}
 
 ``first``/``last``: the earliest and latest time the publication's bytes reached one of
 this process's sockets, from the kernel's receive timestamp (``SO_TIMESTAMPNS``,
 CLOCK_REALTIME, taken when the segment is queued on the socket, not when this process
-reads it); ``last_read``: ``time.monotonic()`` when this process had read the last copy.
+reads it); ``last_read``: ``time.monotonic()`` when this process had read the last copy;
+then the first and last times per server worker (the one that greeted the connection).
 The process ends at ``END`` or EOF on stdin.
 
 Why kernel timestamps: the subscriber "has" the message once it is in its socket. This
@@ -52,12 +53,13 @@ PUBLICATION = ord("P")
 class Subscriber:
     """One connection: its socket and a partial frame, if a read ended inside one."""
 
-    __slots__ = ("sock", "fd", "buf")
+    __slots__ = ("sock", "fd", "buf", "worker")
 
     def __init__(self, sock: socket.socket, rest: bytes) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = rest
+        self.worker = "?"   # the server worker's id, from the greeting
 
 
 def raise_file_limit(needed: int) -> None:
@@ -120,7 +122,7 @@ class FanoutLoad:
             self.poller.register(s.fd, select.EPOLLIN)
         self.workers = {}       # worker id -> greetings seen
         self.greeted = 0
-        self.pending = {}       # seq -> [count, first, last, last_read]
+        self.pending = {}       # seq -> [count, first, last, last_read, {worker: [first, last]}]
         self.errors = 0
 
     def drop(self, s: Subscriber, why: str) -> None:
@@ -136,7 +138,8 @@ class FanoutLoad:
         rec = self.pending[seq]
         if rec[0] >= len(self.subs):
             del self.pending[seq]
-            print("GOT %d %r %r %r %d" % (seq, rec[1], rec[2], rec[3], rec[0]), flush=True)
+            print("GOT %d %r %r %r %d %s" % (seq, rec[1], rec[2], rec[3], rec[0],
+                                             json.dumps(rec[4])), flush=True)
 
     def handle(self, s: Subscriber, data: bytes, stamp: float, now: float) -> None:
         # The usual case: exactly one small unfragmented frame, nothing left over.
@@ -153,17 +156,24 @@ class FanoutLoad:
                 seq = int(payload[1:payload.index(b" ")])
                 rec = self.pending.get(seq)
                 if rec is None:
-                    rec = self.pending[seq] = [0, stamp, stamp, now]
+                    rec = self.pending[seq] = [0, stamp, stamp, now, {}]
                 rec[0] += 1
                 if stamp < rec[1]:
                     rec[1] = stamp
                 if stamp > rec[2]:
                     rec[2] = stamp
                 rec[3] = now
+                span = rec[4].get(s.worker)
+                if span is None:
+                    rec[4][s.worker] = [stamp, stamp]
+                elif stamp < span[0]:
+                    span[0] = stamp
+                elif stamp > span[1]:
+                    span[1] = stamp
                 if rec[0] >= len(self.subs):
                     self.maybe_done(seq)
             elif payload[0] == GREETING:
-                worker = payload[1:].decode()
+                s.worker = worker = payload[1:].decode()
                 self.workers[worker] = self.workers.get(worker, 0) + 1
                 self.greeted += 1
 
