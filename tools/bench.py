@@ -859,6 +859,7 @@ class FanoutRun:
         self.deliveries = 0
         self.window = 0.0    # s, sum of the fan-out windows
         self.server_cpu = 0.0
+        self.server_user = 0.0   # of which in user mode: the server's own code, not the kernel's
         self.load_cpu = 0.0
         self.busy = 0.0      # CPU the whole machine used in the windows
         self.split = {}      # worker id -> subscribers
@@ -875,8 +876,9 @@ class FanoutRun:
 
 
 def _fanout_cpu(server: ServerProcess, loads: list) -> tuple:
-    return (sum(sum(v) for v in server.cpu_by_pid().values()),
-            sum(sum(_cpu_seconds(proc.pid)) for proc in loads), _machine_busy())
+    server_cpu = server.cpu_by_pid().values()
+    return (sum(sum(v) for v in server_cpu), sum(sum(_cpu_seconds(proc.pid)) for proc in loads),
+            _machine_busy(), sum(v[0] for v in server_cpu))
 
 
 def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int) -> None:
@@ -937,6 +939,7 @@ def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int
                 run.server_cpu += after[0] - before[0]
                 run.load_cpu += after[1] - before[1]
                 run.busy += after[2] - before[2]
+                run.server_user += after[3] - before[3]
                 if count < FANOUT_SUBSCRIBERS:
                     run.notes.append("publication %d reached %d of %d subscribers"
                                      % (seq, count, FANOUT_SUBSCRIBERS))
@@ -1003,9 +1006,10 @@ def bench_fanout(timing: dict) -> None:
                "%.1f ms (%d publications)" % (1e3 * _percentile(run.first, 0.5),
                                              1e3 * _percentile(run.read, 0.5),
                                              1e3 * _percentile(run.read, 0.99), len(run.last)))
-        detail("CPU: %s; per delivery %.2f us server CPU, %.2f us load generator"
-               % (run.cpu_text(), 1e6 * run.server_cpu / run.deliveries,
-                  1e6 * run.load_cpu / run.deliveries))
+        detail("CPU: %s; per delivery %.2f us server CPU (%.2f us of it user), %.2f us "
+               "load generator" % (run.cpu_text(), 1e6 * run.server_cpu / run.deliveries,
+                                   1e6 * run.server_user / run.deliveries,
+                                   1e6 * run.load_cpu / run.deliveries))
         if len(run.split) > 1:
             # Whether the workers fan out at the same time: each one's first and last copy.
             detail("per worker, subscribers and median first-last copy: %s" % ", ".join(
