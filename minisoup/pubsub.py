@@ -59,6 +59,7 @@ MAX_PUBLICATION_SIZE = 16 * 1024 * 1024    # bytes of one publication's data (Va
 RECORD_HEADER = struct.Struct("!IBH")      # rest length, data type, topic length
 RECORD_PREFIX_SIZE = 4                     # the !I that the rest length does not count
 MAX_RECORD_SIZE = RECORD_HEADER.size + MAX_TOPIC_SIZE + MAX_PUBLICATION_SIZE
+FLUSH_RELAY_FROM = 32     # local subscribers from which publish() sends to the relay at once
 RECORD_HELLO = 0
 HELLO_PAYLOAD = struct.Struct("!QQ")     # sender's epoch, stream number
 ENVELOPE_MAGIC = b"MS1"
@@ -321,7 +322,8 @@ class PubSub:
         self._broker: Any = None  # broker.RedisBroker, with Server(broker=...)
 
     def attach_relay(self, relay: Any) -> None:
-        """Use ``relay`` (an object with ``send(record)``) to reach the other workers."""
+        """Use ``relay`` (an object with ``send(record)``, which may batch, and ``flush()``)
+        to reach the other workers."""
         self._relay = relay
 
     def attach_broker(self, broker: Any) -> None:
@@ -391,8 +393,17 @@ class PubSub:
         if len(payload) > MAX_PUBLICATION_SIZE:
             raise ValueError("publication of %d bytes; the limit is %d"
                              % (len(payload), MAX_PUBLICATION_SIZE))
-        if self._relay is not None:
-            self._relay.send(encode_record(data_type, topic_bytes, payload))
+        relay = self._relay
+        if relay is not None:
+            relay.send(encode_record(data_type, topic_bytes, payload))
+            members = self._registry.connections(topic)
+            if members is not None and len(members) >= FLUSH_RELAY_FROM:
+                # The relay batches until the end of the loop iteration, which would come
+                # after this worker's whole fan-out below: the other workers would start
+                # theirs only then. Sent first, the record lets them fan out at the same
+                # time (10,000 subscribers on 2 workers: the time until the last has it
+                # nearly halves), for one write per worker, small next to the sends here.
+                relay.flush()
         if self._broker is not None:
             self._broker.publish(data_type, topic_bytes, payload)
         self.deliver(data_type, topic, payload, text, exclude)

@@ -36,7 +36,9 @@ stop sending there. A respawned worker has a new epoch (and socket file), so no
 sender can mistake it for its predecessor.
 
 **Bounds.** Publications made in one loop iteration are batched (``RELAY_BATCH_SIZE``
-bytes at most, then flushed at once) and written once per peer. Per peer the
+bytes at most, then flushed at once) and written once per peer; a publisher with many
+subscribers of its own flushes before its local fan-out instead
+(``pubsub.FLUSH_RELAY_FROM``), so that the workers fan out in parallel. Per peer the
 sender queues at most ``RELAY_PEER_BUFFER_LIMIT`` bytes beyond what the kernel took;
 a peer over it is not reading (stopped, stuck): it is **cut off** — its queue is
 discarded, its stream closed, and what is published for it in the next

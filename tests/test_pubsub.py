@@ -16,9 +16,9 @@ import minisoup  # noqa: E402
 from minisoup.deflate import WebsocketExtensionDeflate  # noqa: E402
 from minisoup.frames import FrameParser, frame_header  # noqa: E402
 from minisoup.loop import Loop  # noqa: E402
-from minisoup.pubsub import (HELLO_PAYLOAD, MAX_TOPIC_SIZE, RECORD_HELLO, PubSub,  # noqa: E402
-                             RecordParser, RelayProtocolError, TopicRegistry, check_topic,
-                             encode_hello, encode_record)
+from minisoup.pubsub import (FLUSH_RELAY_FROM, HELLO_PAYLOAD, MAX_TOPIC_SIZE,  # noqa: E402
+                             RECORD_HELLO, PubSub, RecordParser, RelayProtocolError,
+                             TopicRegistry, check_topic, encode_hello, encode_record)
 from minisoup.relay import RELAY_PEER_BUFFER_LIMIT, RelayDirectory  # noqa: E402
 from minisoup.websocket import (WebsocketConnection, WebsocketConnectionType,  # noqa: E402
                                 WebsocketState)
@@ -137,6 +137,52 @@ def test_publication_is_framed_once_for_every_plain_subscriber():
     big = b"\x01" * (64 * 1024)
     pubsub.publish("room", big)
     assert recorders[0].parts[1] is recorders[1].parts[0] and recorders[0].parts[2] is big
+
+
+class EventRelay:
+    """A relay that notes its calls in a shared list of events."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def send(self, record):
+        self.events.append("relay send")
+
+    def flush(self):
+        self.events.append("relay flush")
+
+
+class EventTransport(Recorder):
+    def __init__(self, events):
+        super().__init__()
+        self.events = events
+
+    def write(self, data):
+        self.events.append("write")
+
+
+def test_relay_is_flushed_before_a_large_local_fanout():
+    # The other workers must get the record before this one spends its time on its own
+    # subscribers, or they fan out only after it: no parallelism across workers.
+    events = []
+    pubsub = PubSub(server=None)
+    pubsub.attach_relay(EventRelay(events))
+    for _ in range(FLUSH_RELAY_FROM):
+        conn = server_conn()[0]
+        conn.attach_pubsub(pubsub)
+        conn.subscribe("big")
+        conn.transport = EventTransport(events)
+    conn = server_conn()[0]
+    conn.attach_pubsub(pubsub)
+    conn.subscribe("small")
+    conn.transport = EventTransport(events)
+    pubsub.publish("big", "hello")
+    assert events == ["relay send", "relay flush"] + ["write"] * FLUSH_RELAY_FROM
+    del events[:]
+    # A small topic keeps the batching: many publications, one write per worker per
+    # loop iteration (the relay flushes the batch itself).
+    pubsub.publish("small", "hello")
+    assert events == ["relay send", "write"]
 
 
 def test_compressed_subscriber_compresses_its_own_copy():

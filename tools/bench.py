@@ -1,6 +1,6 @@
 """minisoup's speed figures, each measured in the same run as its reference (``make bench``).
 
-    python3 tools/bench.py [--quick] [--only http,ws,deflate,prefork,tls]
+    python3 tools/bench.py [--quick] [--only http,ws,deflate,prefork,tls,fanout]
 
 1. HTTP keep-alive GET (12-byte body): minisoup (one process) against the stdlib's
    ThreadingHTTPServer (Nagle off: its fair configuration); target minisoup >= 3x.
@@ -18,6 +18,10 @@
    server memory (RSS) per idle TLS WebSocket connection. websockets is installed into
    the bench's own virtualenv, .venv-bench/ (python3 -m venv + pip, on first use; not a
    minisoup dependency); without it (no network) the peer is skipped and says why.
+6. Publish/subscribe fan-out: one 100-byte text publication to 10,000 subscribers, with
+   run(workers=1) and run(workers=2), against python-websockets' broadcast() in one
+   process (same virtualenv), all driven by tools/fanload.py: deliveries/s and the time
+   until the last subscriber has it (median, p99); targets >= 1x and >= 1.5x websockets.
 
 Every server runs in its own process (tools/bench_servers.py), the load in others
 (tools/loadgen.py): pre-built requests and frames, one request or message in flight per
@@ -46,6 +50,7 @@ import os
 import platform
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +63,7 @@ sys.path.insert(0, TOOLS)
 sys.path.insert(0, ROOT)
 
 import bench_mask  # noqa: E402  (tools/ is on the path above)
+import loadgen  # noqa: E402
 
 SERVERS = os.path.join(TOOLS, "bench_servers.py")
 LOADGEN = os.path.join(TOOLS, "loadgen.py")
@@ -813,9 +819,224 @@ def bench_tls(timing: dict) -> None:
             detail("! server logged: %s" % note[:150])
     print()
 
+# -- publish/subscribe fan-out, against python-websockets' broadcast() --------------------------
+
+FANLOAD = os.path.join(TOOLS, "fanload.py")
+FANOUT_SUBSCRIBERS = 10000
+FANOUT_LOAD_PROCS = 2       # subscribers split evenly between them
+FANOUT_SIZE = 100           # bytes of each publication (ASCII text)
+FANOUT_NICE = 19            # the load generator yields the CPUs to the server it measures
+FANOUT_WARMUP = 3           # publications before the measured ones, per round
+FANOUT_PUBS_PER_S = 20      # measured publications per round: this times the profile's duration
+FANOUT_GAP_S = 0.02         # idle time before each trigger (everything read, nothing queued)
+FANOUT_SETUP_TIMEOUT_S = 180.0   # for a load process to open and upgrade its connections
+FANOUT_PUB_TIMEOUT_S = 30.0      # for every subscriber to get one publication
+TARGET_FANOUT_W1 = 1.0      # minisoup workers=1 / websockets broadcast(), deliveries per second
+TARGET_FANOUT_W2 = 1.5      # minisoup workers=2 / websockets broadcast()
+
+
+def publication(seq: int) -> bytes:
+    """The ``seq``-th trigger: ``P<seq> `` and padding, ``FANOUT_SIZE`` bytes of ASCII."""
+    return ("P%d " % seq).ljust(FANOUT_SIZE, "x").encode("ascii")
+
+
+def _percentile(values: list, fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` 0.5: the median)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(-(-fraction * len(ordered) // 1)) - 1))]
+
+
+class FanoutRun:
+    """The publications measured on one server (all rounds): per publication, the times
+    from the trigger until the first and the last subscriber had it, and the CPU spent
+    from each trigger until every load process had read every copy (the fan-out windows)."""
+
+    def __init__(self) -> None:
+        self.first = []      # s, kernel receive timestamp of the earliest copy
+        self.last = []       # s, of the latest copy: "the last subscriber has it"
+        self.read = []       # s, until the load generator had read the last copy
+        self.rates = []      # deliveries / last, per publication
+        self.deliveries = 0
+        self.window = 0.0    # s, sum of the fan-out windows
+        self.server_cpu = 0.0
+        self.server_user = 0.0   # of which in user mode: the server's own code, not the kernel's
+        self.load_cpu = 0.0
+        self.busy = 0.0      # CPU the whole machine used in the windows
+        self.split = {}      # worker id -> subscribers
+        self.spans = {}      # worker id -> [(first, last) per publication], s after the trigger
+        self.notes = []
+
+    def cpu_text(self) -> str:
+        text = "server %3.0f%%, load %3.0f%% (nice %d)" % (
+            100 * self.server_cpu / self.window, 100 * self.load_cpu / self.window, FANOUT_NICE)
+        other = (self.busy - self.server_cpu - self.load_cpu) / self.window
+        if other >= OTHER_CPU_NOTE:
+            text += ", OTHER %.0f%%" % (100 * other)
+        return text
+
+
+def _fanout_cpu(server: ServerProcess, loads: list) -> tuple:
+    server_cpu = server.cpu_by_pid().values()
+    return (sum(sum(v) for v in server_cpu), sum(sum(_cpu_seconds(proc.pid)) for proc in loads),
+            _machine_busy(), sum(v[0] for v in server_cpu))
+
+
+def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int) -> None:
+    """Start the server, subscribe ``FANOUT_SUBSCRIBERS`` connections, trigger
+    ``FANOUT_WARMUP + pubs`` publications one at a time; add the measured ones to ``run``."""
+    per_proc = FANOUT_SUBSCRIBERS // FANOUT_LOAD_PROCS
+    with ServerProcess(kind, workers, python=python) as server:
+        loads, errfiles, trigger = [], [], None
+        try:
+            for _ in range(FANOUT_LOAD_PROCS):
+                err = tempfile.TemporaryFile()
+                errfiles.append(err)
+                loads.append(subprocess.Popen(
+                    [sys.executable, FANLOAD, "--port", str(server.port), "--conns",
+                     str(per_proc), "--nice", str(FANOUT_NICE)], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=err, start_new_session=True, cwd=ROOT))
+            for proc in loads:
+                text = _readline(proc, FANOUT_SETUP_TIMEOUT_S)
+                if not text.startswith("READY "):
+                    raise RuntimeError("fan-out load generator said %r" % text)
+                for worker, count in json.loads(text[6:])["workers"].items():
+                    run.split[worker] = run.split.get(worker, 0) + count
+            trigger = socket.create_connection(("127.0.0.1", server.port),
+                                               timeout=FANOUT_PUB_TIMEOUT_S)
+            trigger.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            loadgen.ws_upgrade(trigger, "127.0.0.1", server.port, "/fanout-trigger")
+            for seq in range(FANOUT_WARMUP + pubs):
+                time.sleep(FANOUT_GAP_S)
+                frame = loadgen.client_frame(loadgen.OP_TEXT, publication(seq))
+                before = _fanout_cpu(server, loads)
+                sent_mono, sent_real = time.monotonic(), time.time()
+                trigger.sendall(frame)
+                got = []
+                for proc in loads:
+                    fields = _readline(proc, FANOUT_PUB_TIMEOUT_S).split(" ", 6)
+                    if fields[0] != "GOT" or int(fields[1]) != seq:
+                        raise RuntimeError("fan-out load generator said %r" % " ".join(fields))
+                    got.append(fields[2:])
+                window = time.monotonic() - sent_mono
+                after = _fanout_cpu(server, loads)
+                if seq < FANOUT_WARMUP:
+                    continue
+                count = sum(int(g[3]) for g in got)
+                spans = {}
+                for g in got:
+                    for worker, (first, last) in json.loads(g[4]).items():
+                        old = spans.get(worker, (first, last))
+                        spans[worker] = (min(old[0], first), max(old[1], last))
+                for worker, (first, last) in spans.items():
+                    run.spans.setdefault(worker, []).append((first - sent_real, last - sent_real))
+                last = max(float(g[1]) for g in got) - sent_real
+                run.first.append(min(float(g[0]) for g in got) - sent_real)
+                run.last.append(last)
+                run.read.append(max(float(g[2]) for g in got) - sent_mono)
+                run.rates.append(count / last if last > 0 else 0.0)
+                run.deliveries += count
+                run.window += window
+                run.server_cpu += after[0] - before[0]
+                run.load_cpu += after[1] - before[1]
+                run.busy += after[2] - before[2]
+                run.server_user += after[3] - before[3]
+                if count < FANOUT_SUBSCRIBERS:
+                    run.notes.append("publication %d reached %d of %d subscribers"
+                                     % (seq, count, FANOUT_SUBSCRIBERS))
+        finally:
+            if trigger is not None:
+                trigger.close()
+            for proc in loads:
+                _stop_group(proc)
+                for stream in (proc.stdin, proc.stdout):
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+            for err in errfiles:
+                err.seek(0)
+                run.notes += ["load: " + text for text in
+                              err.read().decode(errors="replace").splitlines()[:3]]
+                err.close()
+        log = server.log_lines()
+        if log:
+            run.notes.append("server logged %d line(s), first: %s" % (len(log), log[0][:150]))
+
+
+def bench_fanout(timing: dict) -> None:
+    pubs = max(10, int(timing["duration"] * FANOUT_PUBS_PER_S))
+    print("6. Publish/subscribe fan-out: one %d-byte text publication to %s subscribers, "
+          "against python-websockets'" % (FANOUT_SIZE, format(FANOUT_SUBSCRIBERS, ",")))
+    print("   broadcast() to as many connections in one process. Load: tools/fanload.py, %d "
+          "processes x %s idle" % (FANOUT_LOAD_PROCS,
+                                    format(FANOUT_SUBSCRIBERS // FANOUT_LOAD_PROCS, ",")))
+    print("   subscribers (epoll, nice %d); a trigger connection sends a text message that the "
+          "server publishes" % FANOUT_NICE)
+    print("   to them all; one publication at a time, %d measured per server per round (after "
+          "%d warm-up)." % (pubs, FANOUT_WARMUP))
+    print("   Times run from the trigger's send to the kernel's receive timestamp of each copy "
+          "(SO_TIMESTAMPNS:")
+    print("   when it reached the subscriber's socket, whenever the load generator reads it); "
+          "deliveries/s is")
+    print("   subscribers / time until the last one has it (median over publications); CPU is "
+          "over the fan-out")
+    print("   windows (trigger sent until every copy was read).")
+    peer, about = websockets_peer()
+    if peer:
+        print("   peer: websockets %s" % about.split(" | ", 1)[0])
+    else:
+        print("   websockets peer skipped: %s" % about)
+    cases = [("minisoup run(workers=1)", "minisoup-fanout", 1, ""),
+             ("minisoup run(workers=2)", "minisoup-fanout", 2, "")]
+    if peer:
+        cases.append(("websockets broadcast(), 1 process", "websockets-fanout", 0, peer))
+    runs = {label: FanoutRun() for label, _kind, _workers, _python in cases}
+    for round_no in range(timing["rounds"]):
+        for label, kind, workers, python in (cases if round_no % 2 == 0 else cases[::-1]):
+            fanout_round(runs[label], kind, workers, python, pubs)
+    for label, _kind, _workers, _python in cases:
+        run = runs[label]
+        if not run.last:
+            line(label, "-", "nothing measured")
+            continue
+        line(label, "%s deliv/s" % format(_percentile(run.rates, 0.5), ",.0f"),
+             "last subscriber: median %.1f ms, p99 %.1f ms"
+             % (1e3 * _percentile(run.last, 0.5), 1e3 * _percentile(run.last, 0.99)))
+        detail("first subscriber %.2f ms; read by the load generator: median %.1f ms, p99 "
+               "%.1f ms (%d publications)" % (1e3 * _percentile(run.first, 0.5),
+                                             1e3 * _percentile(run.read, 0.5),
+                                             1e3 * _percentile(run.read, 0.99), len(run.last)))
+        detail("CPU: %s; per delivery %.2f us server CPU (%.2f us of it user), %.2f us "
+               "load generator" % (run.cpu_text(), 1e6 * run.server_cpu / run.deliveries,
+                                   1e6 * run.server_user / run.deliveries,
+                                   1e6 * run.load_cpu / run.deliveries))
+        if len(run.split) > 1:
+            # Whether the workers fan out at the same time: each one's first and last copy.
+            detail("per worker, subscribers and median first-last copy: %s" % ", ".join(
+                "%s: %d, %.1f-%.1f ms" % (w, run.split[w],
+                                          1e3 * _percentile([f for f, _l in run.spans[w]], 0.5),
+                                          1e3 * _percentile([la for _f, la in run.spans[w]], 0.5))
+                for w in sorted(run.split, key=int)))
+        for note in run.notes[:4]:
+            detail("! " + note)
+    mine = [(label, target) for label, target in
+            (("minisoup run(workers=1)", TARGET_FANOUT_W1),
+             ("minisoup run(workers=2)", TARGET_FANOUT_W2))]
+    theirs = runs.get("websockets broadcast(), 1 process")
+    for label, target in mine:
+        name = "%s / websockets" % label.split("(")[1].rstrip(")")
+        ours = runs[label]
+        if theirs is not None and theirs.rates and ours.rates:
+            ratio_line(name, _percentile(ours.rates, 0.5) / _percentile(theirs.rates, 0.5), target,
+                       cpu=(theirs.server_cpu / theirs.deliveries)
+                       / (ours.server_cpu / ours.deliveries))
+        else:
+            line(name, "-", "target >= %.1fx: not checked (no peer)" % target)
+    print()
+
 
 SECTIONS = {"http": bench_http, "ws": bench_ws, "deflate": bench_deflate, "prefork": bench_prefork,
-            "tls": bench_tls}
+            "tls": bench_tls, "fanout": bench_fanout}
 
 
 def main() -> None:

@@ -22,6 +22,14 @@ SIGTERM. KIND:
             (minisoup.tls.create_server_context); no size limit, no compression
             offered. Run with a Python that has websockets (tools/bench.py uses its own
             virtualenv, .venv-bench/): websockets is not a minisoup dependency.
+  minisoup-fanout  publish/subscribe (the "fanout" section): every WebSocket on
+            ``/fanout`` is subscribed to topic ``room`` and greeted with ``W<worker
+            id>``; each text message on ``/fanout-trigger`` is published to ``room``
+            (``server.publish``, reaching every worker). ``max_connections`` raised
+            above the 10,000 subscribers.
+  websockets-fanout  the same application on python-websockets (asyncio, plain TCP):
+            greeting ``W0``, and each trigger message sent with its ``broadcast()`` to
+            every ``/fanout`` connection, in one process (no compression, no pings).
 """
 
 import argparse
@@ -39,6 +47,8 @@ WORK_LOOPS = 5000         # /work: Python work per message (about 0.3 ms here)
 CONTENT_TYPE = "text/plain"
 TLS_CERT = os.path.join(ROOT, "tests", "tls", "server.pem")
 TLS_KEY = os.path.join(ROOT, "tests", "tls", "server.key")
+FANOUT_TOPIC = "room"
+FANOUT_MAX_CONNECTIONS = 20000   # the 10,000 subscribers and the trigger, in one worker
 
 
 def announce(port: int) -> None:
@@ -95,6 +105,73 @@ def serve_minisoup(workers: int, tls: bool = False) -> None:
     server = build_minisoup(tls)
     announce(server.get_listeners()[0].getsockname()[1])
     server.run(workers=workers)
+
+
+# -- publish/subscribe fan-out ------------------------------------------------------------------
+
+def raise_file_limit() -> None:
+    """One descriptor per subscriber: the soft limit up to the hard one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve_minisoup_fanout(workers: int) -> None:
+    import minisoup
+
+    def on_subscriber(server, msg, path, conn, user_data):
+        conn.subscribe(FANOUT_TOPIC)
+        conn.send_text("W%d" % server.get_worker_id())
+
+    def on_trigger_message(conn, kind, data, server):
+        server.publish(FANOUT_TOPIC, data)
+
+    def on_trigger(server, msg, path, conn, user_data):
+        conn.connect("message", on_trigger_message, server)
+
+    raise_file_limit()
+    server = minisoup.Server(max_connections=FANOUT_MAX_CONNECTIONS)
+    server.add_websocket_handler("/fanout-trigger", None, None, on_trigger)
+    server.add_websocket_handler("/fanout", None, None, on_subscriber)
+    server.listen_local(0)
+    announce(server.get_listeners()[0].getsockname()[1])
+    server.run(workers=workers)
+
+
+def serve_websockets_fanout() -> None:
+    import asyncio
+
+    from websockets.asyncio.server import broadcast, serve
+
+    subscribers = set()
+
+    async def handler(ws) -> None:
+        if ws.request.path == "/fanout-trigger":
+            async for message in ws:
+                broadcast(subscribers, message)
+            return
+        subscribers.add(ws)
+        try:
+            await ws.send("W0")
+            await ws.wait_closed()
+        finally:
+            subscribers.discard(ws)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        # As minisoup's: no compression (the load generator offers none anyway), no
+        # keepalive pings (minisoup's default interval is 0), a backlog like its own.
+        async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None,
+                         backlog=1024, logger=logging.getLogger("websockets")) as server:
+            logging.getLogger("websockets").setLevel(logging.CRITICAL)
+            announce(server.sockets[0].getsockname()[1])
+            await stop
+
+    raise_file_limit()
+    asyncio.run(main())
 
 
 # -- the stdlib reference -------------------------------------------------------------------------
@@ -219,7 +296,8 @@ def serve_websockets_tls() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("minisoup", "stdlib", "stdlib-nagle", "raw-echo",
-                                         "minisoup-tls", "websockets-tls"))
+                                         "minisoup-tls", "websockets-tls", "minisoup-fanout",
+                                         "websockets-fanout"))
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--cpus", default="", help="pin to these CPUs (inherited by workers)")
     args = parser.parse_args()
@@ -230,6 +308,10 @@ def main() -> None:
         serve_minisoup(args.workers, tls=args.kind == "minisoup-tls")
     elif args.kind == "websockets-tls":
         serve_websockets_tls()
+    elif args.kind == "minisoup-fanout":
+        serve_minisoup_fanout(args.workers)
+    elif args.kind == "websockets-fanout":
+        serve_websockets_fanout()
     elif args.kind in ("stdlib", "stdlib-nagle"):
         serve_stdlib(nagle=args.kind == "stdlib-nagle")
     else:
