@@ -909,7 +909,8 @@ ws.onmessage = (ev) => {
 
 
 def test_headless_chromium_over_wss():
-    """Only where a Chromium is already installed (none is installed for the tests).
+    """Only where a Chromium is installed (Debian: apt-get install chromium; CI does not
+    install one, so there it is skipped).
     The page is served by the same https:// listener; the certificate is accepted with
     --ignore-certificate-errors (Chromium has no per-run CA flag)."""
     import shutil
