@@ -1029,20 +1029,24 @@ def peer_http(server: ServerProcess, wrk: str, cpus: str, seconds: int) -> PeerF
 def peer_idle(server: ServerProcess, wsload: str, cpus: str) -> PeerFigure:
     """Server RSS growth per idle WebSocket connection (KiB), over PEER_IDLE_CONNS, after a
     warm-up of IDLE_WARMUP_CONNS opened and closed (one-off allocations)."""
-    def idle(count: int, hold: int) -> tuple:
-        proc = _pinned_load([wsload, "idle", "127.0.0.1", str(server.port), "/echo",
+    def idle(count: int, hold: int) -> subprocess.Popen:
+        return _pinned_load([wsload, "idle", "127.0.0.1", str(server.port), "/echo",
                              str(count), str(hold)], cpus)
-        return proc, json.loads(_readline(proc, START_TIMEOUT_S + count * 0.05))
 
-    proc, _row = idle(IDLE_WARMUP_CONNS, 0)
+    def opened(proc: subprocess.Popen, count: int) -> dict:
+        return json.loads(_readline(proc, START_TIMEOUT_S + count * 0.05))
+
+    proc = idle(IDLE_WARMUP_CONNS, 0)
     try:
+        opened(proc, IDLE_WARMUP_CONNS)
         _readline(proc, START_TIMEOUT_S)   # its closing line: every connection closed
     finally:
         _close_load(proc)
     time.sleep(IDLE_SETTLE_S)
     before = server.rss_kib()
-    proc, row = idle(PEER_IDLE_CONNS, PEER_IDLE_HOLD_S)
+    proc = idle(PEER_IDLE_CONNS, PEER_IDLE_HOLD_S)
     try:
+        row = opened(proc, PEER_IDLE_CONNS)
         time.sleep(IDLE_SETTLE_S)
         after = server.rss_kib()
     finally:
@@ -1099,8 +1103,8 @@ def _peer_cell(figure: Optional[PeerFigure], key: str) -> str:
     text = format(figure.value, ",.0f")
     if figure.cpu is not None:
         server, load, other = figure.cpu
-        text += " [%.0f/%.0f%s]" % (server * 100, load * 100,
-                                    " OTHER %.0f" % (other * 100) if other >= OTHER_CPU_NOTE else "")
+        busy = " OTHER %.0f" % (other * 100) if other >= OTHER_CPU_NOTE else ""
+        text += " [%.0f/%.0f%s]" % (server * 100, load * 100, busy)
     return text
 
 
@@ -1144,23 +1148,9 @@ def peer_rows() -> tuple:
     return [p for p in peers if p.figures], tools, skipped
 
 
-def bench_peers(timing: dict) -> None:
-    print("6. Peers: minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c), aiohttp, "
-          "python-websockets and")
-    print("   the stdlib, each server in one process; load: tools/wsload.c (WebSocket, binary "
-          "messages, no")
-    print("   compression offered) and wrk (HTTP, 1 thread). Each figure on a fresh server.")
-    if PINNED:
-        print("   Pinned: every server on CPU %s, the load generator on CPU %s."
-              % (PINNED["server_cpus"], PINNED["load_cpus"]))
-    else:
-        print("   Not pinned (fewer than 2 CPUs to give): server and load share the machine.")
-    peers, tools, skipped = peer_rows()
-    for text in skipped:
-        print("   skipped: " + text)
-    if not any(peer.figures for peer in peers):
-        print()
-        return
+def measure_peers(peers: list, tools: dict, timing: dict) -> dict:
+    """Every figure of every peer, in rounds interleaved (the peers' order reversed every
+    other round); ``{(peer label, figure): the median PeerFigure}``."""
     results = {}   # (peer label, figure) -> [PeerFigure per round]
     for round_no in range(timing["rounds"]):
         order = peers if round_no % 2 == 0 else peers[::-1]
@@ -1172,14 +1162,11 @@ def bench_peers(timing: dict) -> None:
                     print("   ! %s, %s: %s" % (peer.label, figure, exc))
                     continue
                 results.setdefault((peer.label, figure), []).append(measured_figure)
-    table = {key: _median_figure(figures) for key, figures in results.items()}
+    return {key: _median_figure(figures) for key, figures in results.items()}
 
-    print("   %d round(s) of %d s, medians. [a/b]: CPU of the server / of the load generator "
-          "over the measured" % (timing["rounds"], _peer_seconds(timing)))
-    print("   window, in % of one core: a side near 100% is what limits the figure. OTHER: what "
-          "processes outside")
-    print("   the benchmark used meanwhile (from 10%), which took CPU from the figure.")
-    print()
+
+def print_peer_table(peers: list, table: dict) -> None:
+    """The table in the README's style, then its notes and the echo's fairness."""
     print("| server | " + " | ".join(heading for _key, heading in PEER_COLUMNS) + " |")
     print("|---" * (len(PEER_COLUMNS) + 1) + "|")
     for peer in peers:
@@ -1202,6 +1189,9 @@ def bench_peers(timing: dict) -> None:
         print("   64 B echo, messages on the least / most served connection (fairness):")
         detail("; ".join(fair))
 
+
+def print_peer_targets(peers: list, table: dict) -> None:
+    """MET or MISSED for each of issue 15's targets."""
     print("   Targets (minisoup against libsoup in C unless stated):")
     mine = {f: table.get((peers[0].label, f)) for f in WS_FIGURES + HTTP_FIGURES}
     libsoup = next((p for p in peers if p.kind == "libsoup-c"), None)
@@ -1211,22 +1201,53 @@ def bench_peers(timing: dict) -> None:
         theirs = table.get((other.label, figure)) if other else None
         if mine.get(figure) is None or theirs is None or not theirs.value:
             line(label, "-", "target >= %.1fx: not checked (%s)"
-                 % (target, "no peer" if theirs is None else "no figure"))
+                 % (target, "no peer" if other is None else "not measured"))
             return
         ratio_line(label, mine[figure].value / theirs.value, target)
 
+    def at_most(label: str, value: Optional[float], unit: str, target: float) -> None:
+        if value is None:
+            line(label, "-", "target <= %g %s: not checked (not measured)" % (target, unit))
+            return
+        line(label, "%.2f %s" % (value, unit), "target <= %g %s: %s"
+             % (target, unit, "MET" if value <= target else "MISSED"))
+
     against("HTTP keep-alive GET", "http", libsoup, TARGET_PEER_HTTP)
     against("64 B echo", "echo", libsoup, TARGET_PEER_ECHO)
-    if mine.get("echo") is not None:
-        p99 = mine["echo"].p99_ms
-        line("64 B echo p99, minisoup", "%.1f ms" % p99, "target <= %.0f ms: %s"
-             % (TARGET_PEER_P99_MS, "MET" if p99 <= TARGET_PEER_P99_MS else "MISSED"))
+    at_most("64 B echo p99, minisoup", mine["echo"].p99_ms if mine["echo"] else None, "ms",
+            TARGET_PEER_P99_MS)
     against("handshakes/s", "hs", libsoup, TARGET_PEER_HS)
-    if mine.get("idle") is not None:
-        kib = mine["idle"].value
-        line("KiB per idle WebSocket conn, minisoup", "%.2f KiB" % kib, "target <= %.1f KiB: %s"
-             % (TARGET_PEER_IDLE_KIB, "MET" if kib <= TARGET_PEER_IDLE_KIB else "MISSED"))
+    at_most("KiB per idle WebSocket conn, minisoup", mine["idle"].value if mine["idle"] else None,
+            "KiB", TARGET_PEER_IDLE_KIB)
     against("1 MiB echo, against websockets", "big", ws_peer, TARGET_PEER_BIG)
+
+
+def bench_peers(timing: dict) -> None:
+    print("6. Peers: minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c), aiohttp, "
+          "python-websockets and")
+    print("   the stdlib, each server in one process; load: tools/wsload.c (WebSocket, binary "
+          "messages, no")
+    print("   compression offered) and wrk (HTTP, 1 thread). Each figure on a fresh server.")
+    if PINNED:
+        print("   Pinned: every server on CPU %s, the load generator on CPU %s."
+              % (PINNED["server_cpus"], PINNED["load_cpus"]))
+    else:
+        print("   Not pinned (fewer than 2 CPUs to give): server and load share the machine.")
+    peers, tools, skipped = peer_rows()
+    for text in skipped:
+        print("   skipped: " + text)
+    if not peers:
+        print()
+        return
+    table = measure_peers(peers, tools, timing)
+    print("   %d round(s) of %d s, medians. [a/b]: CPU of the server / of the load generator "
+          "over the measured" % (timing["rounds"], _peer_seconds(timing)))
+    print("   window, in % of one core: a side near 100% is what limits the figure. OTHER: what "
+          "processes outside")
+    print("   the benchmark used meanwhile (from 10%), which took CPU from the figure.")
+    print()
+    print_peer_table(peers, table)
+    print_peer_targets(peers, table)
     print()
 
 

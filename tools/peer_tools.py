@@ -23,7 +23,7 @@ ANCHOR_SOURCE = os.path.join(TOOLS, "anchor_libsoup_c.c")
 ANCHOR_BINARY = os.path.join(BUILD_DIR, "anchor_libsoup_c")
 LIBSOUP_PKG = "libsoup-3.0"
 BUILD_TIMEOUT_S = 120.0
-INSTALL_HINT = "make bench-deps (apt-get install libsoup-3.0-dev wrk)"
+INSTALL_HINT = "make bench-deps (apt-get install gcc libsoup-3.0-dev wrk)"
 
 
 def _compiler() -> str:
