@@ -846,12 +846,11 @@ AIOHTTP_REQUIREMENT = "aiohttp>=3.9"
 AIOHTTP_PROBE = """
 import aiohttp, aiohttp.http_parser as p
 c_parser = p.HttpRequestParser is getattr(p, "HttpRequestParserC", None)
-try:
+try:  # aiohttp >= 3.11
     from aiohttp._websocket.helpers import websocket_mask
-    c_mask = "cython" in websocket_mask.__name__
 except ImportError:
-    from aiohttp.http_websocket import _websocket_mask
-    c_mask = not _websocket_mask.__module__.endswith("http_websocket")
+    from aiohttp.http_websocket import _websocket_mask as websocket_mask
+c_mask = "cython" in websocket_mask.__name__   # else _websocket_mask_python
 print("%s | C parser %s, C masking %s" % (aiohttp.__version__, "yes" if c_parser else "NO",
                                            "yes" if c_mask else "NO"))
 """
@@ -866,7 +865,7 @@ print("%s | C masking %s" % (websockets.__version__, c_mask))
 """
 ANCHOR_BANNER = "anchor_libsoup_c ("   # its start-up line on stderr: not a log line
 # The table's columns: (key, heading)
-PEER_COLUMNS = (("echo", "64 B echo msg/s (50 conns x 8 in flight)"), ("p99", "64 B p99"),
+PEER_COLUMNS = (("echo", "64 B echo msg/s (50 conns × 8 in flight)"), ("p99", "64 B p99"),
                 ("big", "1 MiB echo MB/s"), ("hs", "handshakes/s"),
                 ("idle", "KiB / idle conn"), ("http", "HTTP keep-alive GET req/s (wrk, 32 conns)"))
 WS_FIGURES, HTTP_FIGURES = ("echo", "big", "hs", "idle"), ("http",)
