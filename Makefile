@@ -4,7 +4,7 @@ VENV := .venv
 # pytest is the only test dependency; when the machine lacks it, bootstrap it into .venv (git-ignored).
 PYTEST_PY = $(shell $(PYTHON) -c "import pytest" >/dev/null 2>&1 && echo $(PYTHON) || echo $(VENV)/bin/python)
 
-.PHONY: run test bench bench-against stress lint clean
+.PHONY: run test bench bench-deps bench-against stress lint clean
 
 run:                ## the built-in demo server on http://127.0.0.1:8080/ (WebSocket echo at /echo)
 	$(PYTHON) -m minisoup --bind 127.0.0.1:8080
@@ -16,8 +16,11 @@ $(VENV)/bin/python:
 test: $(if $(filter $(VENV)/bin/python,$(PYTEST_PY)),$(VENV)/bin/python)  ## the test suite (bootstraps pytest if missing)
 	$(PYTEST_PY) -m pytest -q -p no:cacheprovider tests
 
-bench:              ## speed figures: HTTP, WebSocket echo, masking, deflate, pre-fork scaling, TLS (vs websockets, in .venv-bench)
+bench:              ## speed figures: HTTP, WebSocket echo, masking, deflate, pre-fork scaling, TLS (vs websockets, in .venv-bench), the peers table (libsoup in C, aiohttp, websockets, stdlib)
 	$(PYTHON) tools/bench.py
+
+bench-deps:         ## what the bench's peers section needs from Debian (as root): a C compiler, libsoup-3.0-dev, wrk; without them it skips those peers
+	apt-get install -y gcc libsoup-3.0-dev wrk
 
 bench-against:      ## the headline figures against another revision's, one run (make bench-against REV=abc123)
 	$(PYTHON) tools/bench_against.py $(or $(REV),HEAD~1)

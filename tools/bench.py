@@ -1,6 +1,6 @@
 """minisoup's speed figures, each measured in the same run as its reference (``make bench``).
 
-    python3 tools/bench.py [--quick] [--only http,ws,deflate,prefork,tls,fanout]
+    python3 tools/bench.py [--quick] [--only http,ws,deflate,prefork,tls,fanout,peers]
 
 1. HTTP keep-alive GET (12-byte body): minisoup (one process) against the stdlib's
    ThreadingHTTPServer (Nagle off: its fair configuration); target minisoup >= 3x.
@@ -22,6 +22,13 @@
    run(workers=1) and run(workers=2), against python-websockets' broadcast() in one
    process (same virtualenv), all driven by tools/fanload.py: deliveries/s and the time
    until the last subscriber has it (median, p99); targets >= 1x and >= 1.5x websockets.
+7. Peers (issue 15's table): minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c),
+   aiohttp and python-websockets (from .venv-bench/) and the stdlib server, each pinned to
+   one CPU with the C load generators on another: tools/wsload.c (64-byte echo, 50 x 8 in
+   flight, and its p99; 1 MiB echo; handshakes/s; KiB per idle connection) and wrk (HTTP
+   keep-alive GET, 32 connections). The C programs are built on first use into
+   build/bench-tools/ (tools/peer_tools.py); a missing compiler, libsoup-3.0-dev or wrk
+   (``make bench-deps`` installs them) skips what needs it, with a line saying why.
 
 Every server runs in its own process (tools/bench_servers.py), the load in others
 (tools/loadgen.py): pre-built requests and frames, one request or message in flight per
@@ -674,31 +681,36 @@ def _venv_python() -> str:
     return os.path.join(BENCH_VENV, "bin", "python")
 
 
-def _peer_version(python: str) -> str:
-    """websockets' version and the OpenSSL under ``python``, or "" if it cannot import it."""
+WEBSOCKETS_PROBE = ("import ssl, websockets; "
+                    "print(websockets.__version__ + ' | ' + ssl.OPENSSL_VERSION)")
+
+
+def _peer_version(python: str, probe: str = WEBSOCKETS_PROBE) -> str:
+    """What ``probe`` prints under ``python`` (by default websockets' version and the
+    OpenSSL), or "" if it fails (the package is not there)."""
     try:
-        out = subprocess.run([python, "-c", "import ssl, websockets; "
-                              "print(websockets.__version__ + ' | ' + ssl.OPENSSL_VERSION)"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def websockets_peer() -> tuple:
-    """``(python, description)`` of the bench virtualenv with python-websockets, made on
-    first use; ``(None, why)`` when it cannot be had (no network, no venv module)."""
+def venv_peer(requirement: str, probe: str) -> tuple:
+    """``(python, what probe printed)`` of the bench virtualenv with ``requirement``
+    installed, made on first use; ``(None, why)`` when it cannot be had (no network, no
+    venv module)."""
     python = _venv_python()
     if os.path.exists(python):
-        version = _peer_version(python)
+        version = _peer_version(python, probe)
         if version:
             return python, version
     steps = (("python3 -m venv", [sys.executable, "-m", "venv", BENCH_VENV]),
-             ("pip install " + PEER_REQUIREMENT,
+             ("pip install " + requirement,
               [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               PEER_REQUIREMENT]))
-    print("   setting up %s: python3 -m venv, pip install %s (once)"
-          % (BENCH_VENV, PEER_REQUIREMENT), flush=True)
+               requirement]))
+    if os.path.exists(python):
+        steps = steps[1:]
+    print("   setting up %s: pip install %s (once)" % (BENCH_VENV, requirement), flush=True)
     for name, step in steps:
         try:
             out = subprocess.run(step, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
@@ -708,8 +720,15 @@ def websockets_peer() -> tuple:
             errors = [text for text in (out.stderr + out.stdout).splitlines() if text.strip()]
             return None, "%s failed (status %d): %s" % (name, out.returncode,
                                                         errors[-1] if errors else "no output")
-    version = _peer_version(python)
-    return (python, version) if version else (None, "websockets does not import after pip install")
+    version = _peer_version(python, probe)
+    return (python, version) if version else (None, "%s does not import after pip install"
+                                              % requirement)
+
+
+def websockets_peer() -> tuple:
+    """``(python, "version | OpenSSL")`` of the bench virtualenv with python-websockets;
+    ``(None, why)`` when it cannot be had."""
+    return venv_peer(PEER_REQUIREMENT, WEBSOCKETS_PROBE)
 
 
 def idle_memory(kind: str, python: str, conns: int) -> tuple:
@@ -1035,8 +1054,426 @@ def bench_fanout(timing: dict) -> None:
     print()
 
 
+# -- peers: libsoup in C, aiohttp, python-websockets, the stdlib ----------------------------------
+
+PEER_ECHO_CONNS, PEER_ECHO_INFLIGHT = 50, 8   # 64-byte echo: 50 connections x 8 in flight
+PEER_BIG_CONNS = 4                            # 1 MiB echo: 4 connections x 1 in flight
+PEER_HS_CONC = 8                              # handshake cycles at a time
+PEER_HS_MAX = 1000000                         # wsload's bound; the window ends them first
+PEER_WRK_CONNS = 32
+PEER_IDLE_CONNS = 1000
+PEER_IDLE_HOLD_S = 120                        # longer than any measurement; stopped after it
+AIOHTTP_REQUIREMENT = "aiohttp>=3.9"
+AIOHTTP_PROBE = """
+import aiohttp, aiohttp.http_parser as p
+c_parser = p.HttpRequestParser is getattr(p, "HttpRequestParserC", None)
+try:  # aiohttp >= 3.11
+    from aiohttp._websocket.helpers import websocket_mask
+except ImportError:
+    from aiohttp.http_websocket import _websocket_mask as websocket_mask
+c_mask = "cython" in websocket_mask.__name__   # else _websocket_mask_python
+print("%s | C parser %s, C masking %s" % (aiohttp.__version__, "yes" if c_parser else "NO",
+                                           "yes" if c_mask else "NO"))
+"""
+WEBSOCKETS_C_PROBE = """
+import websockets
+try:
+    import websockets.speedups
+    c_mask = "yes"
+except ImportError:
+    c_mask = "NO"
+print("%s | C masking %s" % (websockets.__version__, c_mask))
+"""
+ANCHOR_BANNER = "anchor_libsoup_c ("   # its start-up line on stderr: not a log line
+# The table's columns: (key, heading)
+PEER_COLUMNS = (("echo", "64 B echo msg/s (50 conns × 8 in flight)"), ("p99", "64 B p99"),
+                ("big", "1 MiB echo MB/s"), ("hs", "handshakes/s"),
+                ("idle", "KiB / idle conn"), ("http", "HTTP keep-alive GET req/s (wrk, 32 conns)"))
+WS_FIGURES, HTTP_FIGURES = ("echo", "big", "hs", "idle"), ("http",)
+TARGET_PEER_HTTP = 2.0        # minisoup / libsoup C, HTTP keep-alive GET
+TARGET_PEER_ECHO = 1.5        # minisoup / libsoup C, 64-byte echo
+TARGET_PEER_P99_MS = 5.0      # minisoup's 64-byte echo p99, at most
+TARGET_PEER_HS = 1.2          # minisoup / libsoup C, handshakes/s
+TARGET_PEER_IDLE_KIB = 1.5    # minisoup, per idle WebSocket connection, at most
+TARGET_PEER_BIG = 0.6         # minisoup / websockets, 1 MiB echo
+
+
+class Peer:
+    """One row of the table: a bench_servers.py kind, the Python that runs it, the
+    figures it takes part in."""
+
+    def __init__(self, label: str, kind: str, figures: tuple, python: str = "") -> None:
+        self.label = label
+        self.kind = kind
+        self.figures = figures
+        self.python = python
+
+
+class PeerFigure:
+    """One measurement: the value, the CPU each side used over its window and what other
+    processes used meanwhile (fractions of a core), the echo's p99 in ms and messages on
+    the least and most served connection, and anything worth a note."""
+
+    def __init__(self, value: float, cpu: Optional[tuple] = None, p99_ms: Optional[float] = None,
+                 fairness: Optional[tuple] = None, notes: tuple = ()) -> None:
+        self.value = value
+        self.cpu = cpu   # (server, load generator, other processes), or None
+        self.p99_ms = p99_ms
+        self.fairness = fairness
+        self.notes = list(notes)
+
+
+def _cpu_split(server_s: float, load_s: float, busy_s: float, seconds: float) -> tuple:
+    """CPU seconds over a window of ``seconds`` as fractions of a core: (server, load,
+    everything else the machine ran meanwhile)."""
+    if seconds <= 0:
+        return None
+    return (server_s / seconds, load_s / seconds,
+            max(0.0, (busy_s - server_s - load_s) / seconds))
+
+
+def _server_cpu_total(server: ServerProcess) -> float:
+    return sum(sum(v) for v in server.cpu_by_pid().values())
+
+
+def _pinned_load(args: list, cpus: str) -> subprocess.Popen:
+    """A load generator in its own process group, on ``cpus`` when given."""
+    def pin() -> None:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+                            preexec_fn=pin if cpus else None)
+
+
+def _close_load(proc: subprocess.Popen) -> None:
+    _stop_group(proc)
+    proc.stdout.close()
+
+
+def _server_notes(server: ServerProcess) -> list:
+    lines = [text for text in server.log_lines()
+             if text.strip() and not text.startswith(ANCHOR_BANNER)]
+    if not lines:
+        return []
+    return ["server logged %d line(s), first: %s" % (len(lines), lines[0].strip()[:120])]
+
+
+def wsload_window(server: ServerProcess, wsload: str, args: list, cpus: str,
+                  seconds: float) -> tuple:
+    """Run ``wsload args`` against ``server``; ``(its result line as a dict, the CPU split
+    over the timed window)``, read at wsload's window marks."""
+    proc = _pinned_load([wsload] + args, cpus)
+    try:
+        marks, result = {}, None
+        deadline = time.monotonic() + START_TIMEOUT_S + seconds + 10.0
+        while result is None:
+            row = json.loads(_readline(proc, max(0.1, deadline - time.monotonic())))
+            if "window" in row:
+                marks[row["window"]] = (_server_cpu_total(server), _machine_busy(),
+                                        time.monotonic())
+            else:
+                result = row
+        if "start" not in marks or "end" not in marks:
+            raise RuntimeError("wsload gave no window marks: %r" % result)
+        (cpu0, busy0, t0), (cpu1, busy1, t1) = marks["start"], marks["end"]
+        # wsload's own CPU is over its window (its cpu_s and seconds), very nearly this one
+        load_s = result["cpu_s"] / result["seconds"] * (t1 - t0) if result["seconds"] else 0.0
+        return result, _cpu_split(cpu1 - cpu0, load_s, busy1 - busy0, t1 - t0)
+    finally:
+        _close_load(proc)
+
+
+def _wsload_notes(row: dict) -> list:
+    out = []
+    if row.get("errors"):
+        out.append("wsload counted %d error(s)" % row["errors"])
+    if row.get("bad_length"):
+        out.append("%d echo(es) of the wrong length" % row["bad_length"])
+    return out
+
+
+def peer_echo(server: ServerProcess, wsload: str, cpus: str, path: str, conns: int,
+              inflight: int, size: int, seconds: int) -> PeerFigure:
+    """``size``-byte binary echo; the value is msg/s (MB/s from 64 KiB up)."""
+    row, cpu = wsload_window(server, wsload, ["echo", "127.0.0.1", str(server.port), path,
+                                                     str(conns), str(inflight), str(size),
+                                                     str(seconds)], cpus, seconds)
+    value = row["MB_per_sec"] if size >= 65536 else row["msgs_per_sec"]
+    return PeerFigure(value, cpu, row["p99_us"] / 1000.0,
+                      (row["per_conn_min"], row["per_conn_max"]),
+                      _wsload_notes(row) + _server_notes(server))
+
+
+def peer_hs(server: ServerProcess, wsload: str, cpus: str, seconds: int) -> PeerFigure:
+    """Handshake cycles per second: connect, upgrade, closing handshake, close."""
+    row, cpu = wsload_window(server, wsload, ["hs", "127.0.0.1", str(server.port), "/echo",
+                                                     str(PEER_HS_CONC), str(PEER_HS_MAX),
+                                                     str(seconds)], cpus, seconds)
+    return PeerFigure(row["handshakes_per_sec"], cpu,
+                      notes=_wsload_notes(row) + _server_notes(server))
+
+
+def peer_http(server: ServerProcess, wrk: str, cpus: str, seconds: int) -> PeerFigure:
+    """wrk's requests/s for ``GET /hello`` over keep-alive connections, one wrk thread."""
+    cpu0, busy0, t0 = _server_cpu_total(server), _machine_busy(), time.monotonic()
+    proc = _pinned_load([wrk, "-t1", "-c%d" % PEER_WRK_CONNS, "-d%ds" % seconds,
+                         "http://127.0.0.1:%d/hello" % server.port], cpus)
+    try:
+        # wrk reports no CPU time of its own: its rusage from wait4, over its lifetime.
+        deadline = time.monotonic() + seconds + START_TIMEOUT_S
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("wrk did not finish within %g s" % (deadline - t0))
+            time.sleep(0.02)
+        cpu1, busy1, t1 = _server_cpu_total(server), _machine_busy(), time.monotonic()
+        out = proc.stdout.read().decode(errors="replace")
+    finally:
+        _close_load(proc)
+    rate, notes = None, []
+    for text in out.splitlines():
+        text = text.strip()
+        if text.startswith("Requests/sec:"):
+            rate = float(text.split()[1])
+        elif text.startswith(("Socket errors", "Non-2xx")):
+            notes.append("wrk: " + text)
+    if rate is None:
+        raise RuntimeError("wrk said: %s" % (out.strip()[-200:] or "nothing"))
+    cpu = _cpu_split(cpu1 - cpu0, usage.ru_utime + usage.ru_stime, busy1 - busy0, t1 - t0)
+    return PeerFigure(rate, cpu, notes=notes + _server_notes(server))
+
+
+def peer_idle(server: ServerProcess, wsload: str, cpus: str) -> PeerFigure:
+    """Server RSS growth per idle WebSocket connection (KiB), over PEER_IDLE_CONNS, after a
+    warm-up of IDLE_WARMUP_CONNS opened and closed (one-off allocations)."""
+    def idle(count: int, hold: int) -> subprocess.Popen:
+        return _pinned_load([wsload, "idle", "127.0.0.1", str(server.port), "/echo",
+                             str(count), str(hold)], cpus)
+
+    def opened(proc: subprocess.Popen, count: int) -> dict:
+        return json.loads(_readline(proc, START_TIMEOUT_S + count * 0.05))
+
+    proc = idle(IDLE_WARMUP_CONNS, 0)
+    try:
+        opened(proc, IDLE_WARMUP_CONNS)
+        _readline(proc, START_TIMEOUT_S)   # its closing line: every connection closed
+    finally:
+        _close_load(proc)
+    time.sleep(IDLE_SETTLE_S)
+    before = server.rss_kib()
+    proc = idle(PEER_IDLE_CONNS, PEER_IDLE_HOLD_S)
+    try:
+        row = opened(proc, PEER_IDLE_CONNS)
+        time.sleep(IDLE_SETTLE_S)
+        after = server.rss_kib()
+    finally:
+        _close_load(proc)
+    notes = _wsload_notes(row) + _server_notes(server)
+    if row["open"] < PEER_IDLE_CONNS:
+        notes.append("only %d of %d idle connections opened" % (row["open"], PEER_IDLE_CONNS))
+    return PeerFigure((after - before) / max(1, row["open"]), notes=notes)
+
+
+def _peer_seconds(timing: dict) -> int:
+    """wsload and wrk windows are whole seconds: 1 for --quick, 2 for the full run."""
+    return max(1, int(round(timing["duration"] + 0.5)))
+
+
+def peer_figure(peer: Peer, figure: str, tools: dict, timing: dict) -> PeerFigure:
+    """One figure of one peer, on a server of its own (started and stopped here)."""
+    seconds = _peer_seconds(timing)
+    load_cpus = PINNED.get("load_cpus", "")
+    with ServerProcess(peer.kind, cpus=PINNED.get("server_cpus", ""),
+                       python=peer.python) as server:
+        if figure == "echo":
+            return peer_echo(server, tools["wsload"], load_cpus, "/echo", PEER_ECHO_CONNS,
+                             PEER_ECHO_INFLIGHT, 64, seconds)
+        if figure == "big":
+            return peer_echo(server, tools["wsload"], load_cpus, "/big", PEER_BIG_CONNS, 1, MiB,
+                             seconds)
+        if figure == "hs":
+            return peer_hs(server, tools["wsload"], load_cpus, seconds)
+        if figure == "idle":
+            return peer_idle(server, tools["wsload"], load_cpus)
+        return peer_http(server, tools["wrk"], load_cpus, seconds)
+
+
+def _median_figure(figures: list) -> PeerFigure:
+    """The median round (by value), with the median p99 over the rounds."""
+    ordered = sorted(figures, key=lambda f: f.value)
+    median = ordered[(len(ordered) - 1) // 2]
+    p99s = sorted(f.p99_ms for f in figures if f.p99_ms is not None)
+    if p99s:
+        median.p99_ms = p99s[(len(p99s) - 1) // 2]
+    for f in figures:
+        median.notes += [n for n in f.notes if n not in median.notes]
+    return median
+
+
+def _peer_cell(figure: Optional[PeerFigure], key: str) -> str:
+    if figure is None:
+        return "—"
+    if key == "p99":
+        return "%.1f ms" % figure.p99_ms
+    if key == "idle":
+        return "%.2f" % figure.value
+    text = format(figure.value, ",.0f")
+    if figure.cpu is not None:
+        server, load, other = figure.cpu
+        busy = " OTHER %.0f" % (other * 100) if other >= OTHER_CPU_NOTE else ""
+        text += " [%.0f/%.0f%s]" % (server * 100, load * 100, busy)
+    return text
+
+
+def peer_rows() -> tuple:
+    """Which peers and load generators this machine has: ``(peers, tools, skip lines)``."""
+    import peer_tools  # tools/ is on the path (above)
+
+    skipped, tools = [], {}
+    tools["wsload"], why = peer_tools.build_wsload()
+    if why:
+        skipped.append("WebSocket columns (wsload): " + why)
+    tools["wrk"], why = peer_tools.find_wrk()
+    if why:
+        skipped.append("HTTP column (wrk): " + why)
+    figures = tuple(f for f in WS_FIGURES if tools["wsload"]) + tuple(f for f in HTTP_FIGURES
+                                                                      if tools["wrk"])
+
+    def only(wanted: tuple) -> tuple:
+        return tuple(f for f in figures if f in wanted)
+
+    peers = [Peer("minisoup (1 process)", "minisoup", figures)]
+    anchor, why = peer_tools.build_anchor()
+    if anchor:
+        peers.append(Peer("libsoup %s in C" % peer_tools.libsoup_version(), "libsoup-c", figures))
+    else:
+        skipped.append("libsoup in C: " + why)
+    python, about = venv_peer(AIOHTTP_REQUIREMENT, AIOHTTP_PROBE)
+    if python:
+        version, c_parts = about.split(" | ", 1)
+        peers.append(Peer("aiohttp %s (%s)" % (version, c_parts), "aiohttp", figures, python))
+    else:
+        skipped.append("aiohttp: " + about)
+    python, about = venv_peer(PEER_REQUIREMENT, WEBSOCKETS_C_PROBE)
+    if python:
+        version, c_parts = about.split(" | ", 1)
+        peers.append(Peer("python-websockets %s (%s)" % (version, c_parts), "websockets",
+                          only(WS_FIGURES), python))
+    else:
+        skipped.append("python-websockets: " + about)
+    peers.append(Peer("stdlib ThreadingHTTPServer (HTTP only)", "stdlib", only(HTTP_FIGURES)))
+    return [p for p in peers if p.figures], tools, skipped
+
+
+def measure_peers(peers: list, tools: dict, timing: dict) -> dict:
+    """Every figure of every peer, in rounds interleaved (the peers' order reversed every
+    other round); ``{(peer label, figure): the median PeerFigure}``."""
+    results = {}   # (peer label, figure) -> [PeerFigure per round]
+    for round_no in range(timing["rounds"]):
+        order = peers if round_no % 2 == 0 else peers[::-1]
+        for peer in order:
+            for figure in peer.figures:
+                try:
+                    measured_figure = peer_figure(peer, figure, tools, timing)
+                except (RuntimeError, OSError, ValueError, KeyError) as exc:
+                    print("   ! %s, %s: %s" % (peer.label, figure, exc))
+                    continue
+                results.setdefault((peer.label, figure), []).append(measured_figure)
+    return {key: _median_figure(figures) for key, figures in results.items()}
+
+
+def print_peer_table(peers: list, table: dict) -> None:
+    """The table in the README's style, then its notes and the echo's fairness."""
+    print("| server | " + " | ".join(heading for _key, heading in PEER_COLUMNS) + " |")
+    print("|---" * (len(PEER_COLUMNS) + 1) + "|")
+    for peer in peers:
+        cells = [_peer_cell(table.get((peer.label, "echo" if key == "p99" else key)), key)
+                 for key, _heading in PEER_COLUMNS]
+        print("| %s | %s |" % (peer.label, " | ".join(cells)))
+    print()
+    for peer in peers:
+        notes = []
+        for figure in peer.figures:
+            if (peer.label, figure) in table:
+                notes += ["%s: %s" % (figure, n) for n in table[(peer.label, figure)].notes]
+        for note in notes[:3]:
+            detail("! %s, %s" % (peer.label, note))
+    fair = ["%s %s/%s" % (peer.label.split(" (")[0], format(f.fairness[0], ",d"),
+                          format(f.fairness[1], ",d"))
+            for peer in peers for f in [table.get((peer.label, "echo"))]
+            if f is not None and f.fairness]
+    if fair:
+        print("   64 B echo, messages on the least / most served connection (fairness):")
+        detail("; ".join(fair))
+
+
+def print_peer_targets(peers: list, table: dict) -> None:
+    """MET or MISSED for each of issue 15's targets."""
+    print("   Targets (minisoup against libsoup in C unless stated):")
+    mine = {f: table.get((peers[0].label, f)) for f in WS_FIGURES + HTTP_FIGURES}
+    libsoup = next((p for p in peers if p.kind == "libsoup-c"), None)
+    ws_peer = next((p for p in peers if p.kind == "websockets"), None)
+
+    def against(label: str, figure: str, other: Optional[Peer], target: float) -> None:
+        theirs = table.get((other.label, figure)) if other else None
+        if mine.get(figure) is None or theirs is None or not theirs.value:
+            line(label, "-", "target >= %.1fx: not checked (%s)"
+                 % (target, "no peer" if other is None else "not measured"))
+            return
+        ratio_line(label, mine[figure].value / theirs.value, target)
+
+    def at_most(label: str, value: Optional[float], unit: str, target: float) -> None:
+        if value is None:
+            line(label, "-", "target <= %g %s: not checked (not measured)" % (target, unit))
+            return
+        line(label, "%.2f %s" % (value, unit), "target <= %g %s: %s"
+             % (target, unit, "MET" if value <= target else "MISSED"))
+
+    against("HTTP keep-alive GET", "http", libsoup, TARGET_PEER_HTTP)
+    against("64 B echo", "echo", libsoup, TARGET_PEER_ECHO)
+    at_most("64 B echo p99, minisoup", mine["echo"].p99_ms if mine["echo"] else None, "ms",
+            TARGET_PEER_P99_MS)
+    against("handshakes/s", "hs", libsoup, TARGET_PEER_HS)
+    at_most("KiB per idle WebSocket conn, minisoup", mine["idle"].value if mine["idle"] else None,
+            "KiB", TARGET_PEER_IDLE_KIB)
+    against("1 MiB echo, against websockets", "big", ws_peer, TARGET_PEER_BIG)
+
+
+def bench_peers(timing: dict) -> None:
+    print("6. Peers: minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c), aiohttp, "
+          "python-websockets and")
+    print("   the stdlib, each server in one process; load: tools/wsload.c (WebSocket, binary "
+          "messages, no")
+    print("   compression offered) and wrk (HTTP, 1 thread). Each figure on a fresh server.")
+    if PINNED:
+        print("   Pinned: every server on CPU %s, the load generator on CPU %s."
+              % (PINNED["server_cpus"], PINNED["load_cpus"]))
+    else:
+        print("   Not pinned (fewer than 2 CPUs to give): server and load share the machine.")
+    peers, tools, skipped = peer_rows()
+    for text in skipped:
+        print("   skipped: " + text)
+    if not peers:
+        print()
+        return
+    table = measure_peers(peers, tools, timing)
+    print("   %d round(s) of %d s, medians. [a/b]: CPU of the server / of the load generator "
+          "over the measured" % (timing["rounds"], _peer_seconds(timing)))
+    print("   window, in % of one core: a side near 100% is what limits the figure. OTHER: what "
+          "processes outside")
+    print("   the benchmark used meanwhile (from 10%), which took CPU from the figure.")
+    print()
+    print_peer_table(peers, table)
+    print_peer_targets(peers, table)
+    print()
+
+
 SECTIONS = {"http": bench_http, "ws": bench_ws, "deflate": bench_deflate, "prefork": bench_prefork,
             "tls": bench_tls, "fanout": bench_fanout}
+SECTIONS["peers"] = bench_peers
 
 
 def main() -> None:

@@ -30,6 +30,14 @@ SIGTERM. KIND:
   websockets-fanout  the same application on python-websockets (asyncio, plain TCP):
             greeting ``W0``, and each trigger message sent with its ``broadcast()`` to
             every ``/fanout`` connection, in one process (no compression, no pings).
+The peers of the "peers" section (WebSocket echo at every path it serves, ``GET /hello``
+with a 12-byte body where it speaks HTTP, no compression offered, no size limit):
+  libsoup-c  libsoup 3 in C: execs build/bench-tools/anchor_libsoup_c (tools/peer_tools.py
+            builds it) with ``--port 0 --no-deflate --max 0``; it prints the PORT line itself.
+  aiohttp   aiohttp's web server (asyncio): ``GET /hello``, WebSocket echo at ``/echo`` and
+            ``/big``, no access log.
+  websockets  python-websockets, its asyncio server, as websockets-tls without TLS (no HTTP).
+aiohttp and websockets run with the bench virtualenv's Python, as websockets-tls.
 """
 
 import argparse
@@ -261,9 +269,9 @@ def serve_raw_echo() -> None:
         listener.close()
 
 
-# -- python-websockets over TLS (the peer of the "tls" section) -----------------------------------
+# -- python-websockets (the peer of the "tls" section, and without TLS of "peers") ---------------
 
-def serve_websockets_tls() -> None:
+def serve_websockets_tls(tls: bool = True) -> None:
     import asyncio
 
     from websockets.asyncio.server import serve
@@ -278,7 +286,7 @@ def serve_websockets_tls() -> None:
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
-        context = create_server_context(TLS_CERT, TLS_KEY)
+        context = create_server_context(TLS_CERT, TLS_KEY) if tls else None
         # No size limit (the 1 MiB echo) and no permessage-deflate: what minisoup's
         # /big and the load generator (which offers no extension) use too.
         async with serve(echo, "127.0.0.1", 0, ssl=context, max_size=None,
@@ -293,11 +301,63 @@ def serve_websockets_tls() -> None:
     asyncio.run(main())
 
 
+# -- the peers of the "peers" section ------------------------------------------------------------
+
+def serve_libsoup_c() -> None:
+    from peer_tools import ANCHOR_BINARY   # tools/ is this script's directory
+
+    if not os.path.exists(ANCHOR_BINARY):
+        sys.exit("bench server: %s is not built (tools/peer_tools.py build_anchor)"
+                 % ANCHOR_BINARY)
+    # exec keeps this process: its group, its CPU pinning, its stdout for the PORT line.
+    os.execv(ANCHOR_BINARY, [ANCHOR_BINARY, "--port", "0", "--no-deflate", "--max", "0"])
+
+
+def serve_aiohttp() -> None:
+    import asyncio
+
+    from aiohttp import WSMsgType, web
+
+    async def hello(request):
+        return web.Response(body=BODY, content_type=CONTENT_TYPE)
+
+    async def echo(request):
+        # max_msg_size=0: no limit (the 1 MiB echo); compress=False: no permessage-deflate.
+        ws = web.WebSocketResponse(max_msg_size=0, compress=False)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+            elif message.type == WSMsgType.TEXT:
+                await ws.send_str(message.data)
+        return ws
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        app = web.Application()
+        app.router.add_get("/hello", hello)
+        app.router.add_get("/echo", echo)
+        app.router.add_get("/big", echo)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        announce(runner.addresses[0][1])
+        try:
+            await stop
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("minisoup", "stdlib", "stdlib-nagle", "raw-echo",
                                          "minisoup-tls", "websockets-tls", "minisoup-fanout",
-                                         "websockets-fanout"))
+                                         "websockets-fanout", "libsoup-c", "aiohttp",
+                                         "websockets"))
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--cpus", default="", help="pin to these CPUs (inherited by workers)")
     args = parser.parse_args()
@@ -306,12 +366,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="bench server: %(levelname)s %(message)s")
     if args.kind in ("minisoup", "minisoup-tls"):
         serve_minisoup(args.workers, tls=args.kind == "minisoup-tls")
-    elif args.kind == "websockets-tls":
-        serve_websockets_tls()
+    elif args.kind in ("websockets-tls", "websockets"):
+        serve_websockets_tls(tls=args.kind == "websockets-tls")
     elif args.kind == "minisoup-fanout":
         serve_minisoup_fanout(args.workers)
     elif args.kind == "websockets-fanout":
         serve_websockets_fanout()
+    elif args.kind == "libsoup-c":
+        serve_libsoup_c()
+    elif args.kind == "aiohttp":
+        serve_aiohttp()
     elif args.kind in ("stdlib", "stdlib-nagle"):
         serve_stdlib(nagle=args.kind == "stdlib-nagle")
     else:
