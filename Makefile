@@ -16,7 +16,7 @@ $(VENV)/bin/python:
 test: $(if $(filter $(VENV)/bin/python,$(PYTEST_PY)),$(VENV)/bin/python)  ## the test suite (bootstraps pytest if missing)
 	$(PYTEST_PY) -m pytest -q -p no:cacheprovider tests
 
-bench:              ## speed figures: HTTP, WebSocket echo, masking, deflate, pre-fork scaling, TLS (vs websockets, in .venv-bench), the peers table (libsoup in C, aiohttp, websockets, stdlib)
+bench:              ## speed figures: HTTP, WebSocket echo, masking, deflate, pre-fork scaling, TLS, pub/sub fan-out (vs websockets, in .venv-bench), the peers table (libsoup in C, aiohttp, websockets, stdlib)
 	$(PYTHON) tools/bench.py
 
 bench-deps:         ## what the bench's peers section needs from Debian (as root): a C compiler, libsoup-3.0-dev, wrk; without them it skips those peers

@@ -1478,7 +1478,7 @@ SECTIONS["peers"] = bench_peers
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short windows, 1 round (about 30 s)")
+    parser.add_argument("--quick", action="store_true", help="short windows, 1 round (about 2 minutes)")
     parser.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
     args = parser.parse_args()
     timing = PROFILES["quick" if args.quick else "full"]
