@@ -394,10 +394,13 @@ class HTTPConnection:
         self.transport.pause_reading()
         owner.emit("request-started", msg)
         entry = self.entry = owner.lookup(path)
+        # got-headers: after the early handler, to the callbacks connected before it
+        # (libsoup runs it inside that emission). Only if someone watched the message.
+        watchers = msg.connected("got-headers") if msg.observed else ()
         if entry is not None and entry.early is not None:
             self._call(entry.early, msg, path, req.form)
-        if msg.observed:
-            msg.emit("got-headers")  # after the early handler, as libsoup
+        if watchers:
+            msg.emit_to(watchers, "got-headers")
         self._after_early()
 
     def _after_early(self) -> None:
@@ -464,11 +467,12 @@ class HTTPConnection:
         self._set_state(_HANDLER)
         self.owner.emit("request-read", msg)
         entry = self.entry
+        watchers = msg.connected("got-body") if msg.observed else ()  # as got-headers
         if entry is not None and entry.normal is not None:
             req = self.request
             self._call(entry.normal, msg, req.path, req.form)
-        if msg.observed:
-            msg.emit("got-body")  # after the normal handler, as libsoup
+        if watchers:
+            msg.emit_to(watchers, "got-body")
         self._after_handler()
 
     def _after_handler(self) -> None:

@@ -132,10 +132,13 @@ class ServerMessage(SignalEmitter):
     callback gets the message, the signal's arguments, then ``user_data``), in the
     order libsoup 3 emits them for one request:
 
-    - ``got-headers``: the head was read (after the early handler ran);
+    - ``got-headers``: the head was read (after the early handler ran; as in libsoup,
+      where the early handler is part of this emission, a callback connected by the
+      early handler is not called for it: connect in the server's ``request-started``);
     - ``got-chunk(data)``: a piece of the request body was read (``bytes``), each as it
       arrives, whether the body is accumulated or not;
-    - ``got-body``: the whole body was read (after the normal handler ran);
+    - ``got-body``: the whole body was read (after the normal handler ran; likewise
+      not for callbacks the normal handler connects);
     - ``wrote-headers``: the response head was handed to the socket;
     - ``wrote-chunk``: a piece of the response body was sent. For a response sent whole,
       once, right after it was handed to the socket. For a streamed response, once per
@@ -194,16 +197,34 @@ class ServerMessage(SignalEmitter):
     def emit(self, name: str, *args: Any) -> None:
         """Call every callback connected to ``name`` (for the connection; an exception
         in a callback is logged and the others still run)."""
+        self.emit_to(self.connected(name), name, *args)
+
+    def connected(self, name: str) -> Tuple:
+        """For the connection: the callbacks connected to ``name`` now (a snapshot).
+
+        libsoup runs the early handler as part of the ``got-headers`` emission and the
+        normal handler as part of ``got-body``, so a callback those handlers connect is
+        not called for that emission (GObject's rule): the connection takes this
+        snapshot before the handler and gives it to :meth:`emit_to` after."""
         signals = self._signals
         if not signals:
-            return
+            return ()
         handlers = signals.get(name)
+        return tuple(handlers) if handlers else ()
+
+    def emit_to(self, handlers: Tuple, name: str, *args: Any) -> None:
+        """For the connection: emit ``name`` to the callbacks of a :meth:`connected`
+        snapshot that are still connected."""
         if not handlers:
             return
-        for _id, callback, user_data in list(handlers):
+        current = self._signals.get(name) if self._signals else None
+        for entry in handlers:
+            if not current or entry not in current:
+                continue  # disconnected by an earlier callback
+            callback = entry[1]
             last_callback.value = callback
             try:
-                callback(self, *args, *user_data)
+                callback(self, *args, *entry[2])
             except Exception:
                 log.exception("exception in %r signal handler %r", name, callback)
 
