@@ -146,7 +146,7 @@ class HTTPConnection:
 
     __slots__ = ("owner", "server", "transport", "parser", "state", "msg", "request", "entry",
                  "deadline", "keep_alive", "remote", "local", "scheme", "_send_mark",
-                 "_body_start", "_body_bytes", "_body_reported", "_unacked", "_ack_pending",
+                 "_body_start", "_body_bytes", "_body_reported", "_held_body", "_unacked", "_ack_pending",
                  "__weakref__")
 
     def __init__(self, owner: ConnectionOwner, transport: Any, remote: Any, local: Any,
@@ -175,6 +175,7 @@ class HTTPConnection:
         self._body_start = 0.0
         self._body_bytes = 0
         self._body_reported = False  # the body goes to got-chunk as it is read
+        self._held_body: Optional[bytes] = None  # read while a got-chunk callback paused
         self._unacked = 0  # streamed chunks written whose wrote-chunk is not emitted yet
         self._ack_pending = False  # an emission of those is scheduled (or awaits the drain)
 
@@ -311,6 +312,8 @@ class HTTPConnection:
             self._send_mark = None
         state = self.state
         if state in _TIMED and now > self.deadline:
+            if state is _BODY and self.msg is not None and self.msg.is_paused():
+                return  # the handler paused the upload: not the client's delay
             if state is _IDLE or (state is _HEAD and not self.parser.has_data):
                 log.debug("closing idle connection from %s", _addr(self.remote))
             elif state is _BODY:
@@ -358,7 +361,10 @@ class HTTPConnection:
                 elif state is _BODY:
                     body = parser.read_body()
                     if self._body_reported and not self._report_body():
-                        break  # answered, stolen or lost from a got-chunk callback
+                        # Answered, paused, stolen or lost from a got-chunk callback.
+                        if body is not None and self.state is _BODY:
+                            self._held_body = body  # paused: _resume() goes on with it
+                        break
                     if body is None:
                         break
                     self._body_read(body)
@@ -419,14 +425,13 @@ class HTTPConnection:
             # No body to wait for (most requests): no BODY state, no deadline, no read.
             self._body_read(self.parser.read_body())
             return
-        parser = self.parser
         keep = msg.accumulates_body()
-        if keep and parser.body_too_large():
+        if keep and self.parser.body_too_large():
             self._fail(HTTPError(413, "Request body larger than %d bytes"
                                  % self.server.max_body_size))
             return
-        if not keep or msg.has_handlers("got-chunk"):
-            parser.report_body(keep)
+        if not keep or (msg.observed and msg.has_handlers("got-chunk")):
+            self.parser.report_body(keep)
             self._body_reported = True
         # The state changes before each write: a write that finds the peer gone closes
         # the connection at once (connection_lost), and CLOSED must then be final.
@@ -442,7 +447,8 @@ class HTTPConnection:
         """Emit ``got-chunk`` for the body bytes parsed since the last call. False if a
         callback answered (then the request is answered now, the rest of the body is
         not read, and the connection closes after the response: how a streaming
-        handler enforces its own limit), stole the connection, or the peer left."""
+        handler enforces its own limit), paused the message (reading stops until
+        ``unpause()``), stole the connection, or the peer left."""
         msg = self.msg
         for piece in self.parser.take_body_pieces():
             msg.emit("got-chunk", piece)
@@ -455,6 +461,11 @@ class HTTPConnection:
                 self._set_state(_HANDLER)
                 self._after_handler()
                 return False
+        if msg.is_paused():
+            # Back-pressure from the handler (its sink is slow): read no more until
+            # unpause(); what was already parsed has been handed over.
+            self.transport.pause_reading()
+            return False
         return True
 
     def _body_read(self, body: bytes) -> None:
@@ -520,6 +531,17 @@ class HTTPConnection:
             self._after_early()
         elif state is _HANDLER:
             self._after_handler()
+        elif state is _BODY:
+            # A streamed upload paused from got-chunk: read on, and the body's rate is
+            # measured from now (the pause was the handler's, not the client's).
+            held, self._held_body = self._held_body, None
+            if held is not None:
+                self._body_read(held)  # it had all arrived
+            else:
+                self._body_start = time.monotonic()
+                self._body_bytes = 0
+                self.deadline = self._body_start + self.server.request_timeout
+                self.transport.resume_reading()
         else:
             return
         self._process()

@@ -52,6 +52,11 @@ class ResponseBody:
     is not complete when the response starts: what was appended goes out at once, each
     later ``append`` follows (as a chunk, unless a Content-Length was set), and
     ``complete()`` ends it. Otherwise the body is sent whole, as it is.
+
+    A large streamed body paces itself with the message's ``wrote-chunk`` signal:
+    append the next piece from its callback, which runs once the previous pieces
+    have left minisoup's buffer for the kernel's, so no more than about one piece
+    waits in the server whatever the client's speed.
     """
 
     __slots__ = ("_chunks", "_length", "completed", "_stream")

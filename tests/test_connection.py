@@ -1030,6 +1030,37 @@ def test_a_got_chunk_callback_that_answers_stops_the_upload():
     assert transport.closed and conn.state is ConnState.CLOSED
 
 
+def test_a_got_chunk_callback_may_pause_the_upload_for_back_pressure():
+    got, paused = [], []
+
+    def early(server, msg, path, query, user_data):
+        msg.get_request_body().set_accumulate(False)
+
+        def on_chunk(m, data):
+            got.append(data)
+            m.pause()  # e.g. the sink is slow
+            paused.append(m)
+        msg.connect("got-chunk", on_chunk)
+
+    def normal(server, msg, path, query, user_data):
+        msg.set_status(200)
+        msg.set_response("text/plain", b"".join(got))
+
+    conn, transport, owner = make(Handler(normal, None, None), Handler(early, None, None))
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nabc")
+    assert got == [b"abc"] and not transport.reading and conn.state is ConnState.BODY
+    conn.check_deadline(time.monotonic() + REQUEST_TIMEOUT + 100)  # the handler's pause
+    assert not transport.aborted
+    paused.pop().unpause()
+    owner.run_soon()
+    assert transport.reading
+    conn.data_received(b"def")  # the last piece: the body is read while paused again
+    assert got == [b"abc", b"def"] and transport.take() == b""
+    paused.pop().unpause()
+    owner.run_soon()
+    assert responses(transport.take())[0][2] == b"abcdef" and conn.state is ConnState.IDLE
+
+
 # -- steal_connection ---------------------------------------------------------------------------
 def test_steal_connection_hands_over_the_socket_and_the_server_forgets_it():
     events, stolen = [], []
