@@ -146,8 +146,8 @@ class HTTPConnection:
 
     __slots__ = ("owner", "server", "transport", "parser", "state", "msg", "request", "entry",
                  "deadline", "keep_alive", "remote", "local", "scheme", "_send_mark",
-                 "_body_start", "_body_bytes", "_body_reported", "_held_body", "_unacked", "_ack_pending",
-                 "__weakref__")
+                 "_body_start", "_body_bytes", "_body_reported", "_held_body", "_unacked",
+                 "_ack_pending", "__weakref__")
 
     def __init__(self, owner: ConnectionOwner, transport: Any, remote: Any, local: Any,
                  scheme: str = "http") -> None:
