@@ -8,7 +8,7 @@ destroy)`` is ``soup_server_add_websocket_handler``. See README.md for the name 
 from ._version import __version__
 from .errors import Error
 from .http import Encoding, HTTPError, MessageHeaders
-from .message import ResponseBody, ServerMessage
+from .message import RequestBody, ResponseBody, ServerMessage
 from .frames import CloseCode, ProtocolError
 from .websocket import (WebsocketConnection, WebsocketConnectionType,
                         WebsocketDataType, WebsocketError, WebsocketState)
@@ -29,6 +29,7 @@ WebsocketCloseCode = CloseCode
 
 __all__ = [
     "Error", "Server", "ServerMessage", "MessageHeaders", "ResponseBody", "Encoding", "HTTPError",
+    "RequestBody",
     "WebsocketConnection", "WebsocketConnectionType", "WebsocketDataType", "WebsocketState",
     "WebsocketError", "WebsocketCloseCode", "CloseCode", "ProtocolError", "HandshakeError",
     "WebsocketExtension", "WebsocketExtensionDeflate", "websocket_connect", "ClientConnection",

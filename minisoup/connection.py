@@ -11,6 +11,10 @@ raises :class:`IllegalTransition` at once for a change the table does not list. 
 the connection asks of its server is declared as :class:`ConnectionOwner`; what it
 does to a message goes through ``ServerMessage``'s getters and its few setters for
 the connection (libsoup's soup-server-message-private.h).
+
+The message's own signals (``got-headers`` … ``disconnected``, see ``ServerMessage``)
+are emitted here, in libsoup's order, and only for a message someone connected to
+(``msg.observed``): a request nobody watches pays one attribute test per step.
 """
 
 import enum
@@ -21,7 +25,7 @@ from urllib.parse import SplitResult
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
                    build_response_head, chunk, http_date, quote_path, reason_phrase)
-from .message import ServerMessage
+from .message import RequestBody, ServerMessage
 from .signals import last_callback
 
 log = logging.getLogger("minisoup")
@@ -38,13 +42,15 @@ class ConnState(enum.IntEnum):
     DRAINING = 7   # response done, over PIPELINE_HIGH_WATER unsent: not reading until sent
     YIELDED = 8    # MAX_REQUESTS_PER_TURN answered in one turn: go on at the next loop turn
     UPGRADED = 9   # take_over() gave the byte stream to another protocol (WebSocket)
+    STOLEN = 11    # steal_connection() gave the socket to the application
     CLOSED = 10
 
 
-_HEAD, _IDLE, _EARLY, _BODY, _HANDLER, _STREAMING, _DRAINING, _YIELDED, _UPGRADED, _CLOSED = (
+(_HEAD, _IDLE, _EARLY, _BODY, _HANDLER, _STREAMING, _DRAINING, _YIELDED, _UPGRADED, _STOLEN,
+ _CLOSED) = (
     ConnState.HEAD, ConnState.IDLE, ConnState.EARLY, ConnState.BODY, ConnState.HANDLER,
     ConnState.STREAMING, ConnState.DRAINING, ConnState.YIELDED, ConnState.UPGRADED,
-    ConnState.CLOSED)
+    ConnState.STOLEN, ConnState.CLOSED)
 
 # A response is done: the next state is one of these (CLOSED unless keep-alive).
 _AFTER_RESPONSE = (_HEAD, _IDLE, _DRAINING, _CLOSED)
@@ -53,13 +59,18 @@ _AFTER_RESPONSE = (_HEAD, _IDLE, _DRAINING, _CLOSED)
 TRANSITIONS: Dict[ConnState, Tuple[ConnState, ...]] = {
     _HEAD: (_EARLY, _YIELDED, _CLOSED),        # a head parsed (or a parse error answered)
     _IDLE: (_EARLY, _HEAD, _CLOSED),           # the next request came: whole head, or a part
-    _EARLY: (_BODY, _HANDLER, _STREAMING) + _AFTER_RESPONSE,  # HANDLER: no body to read
-    _BODY: (_HANDLER, _CLOSED),                # body read (or a parse error answered)
-    _HANDLER: (_STREAMING, _UPGRADED) + _AFTER_RESPONSE,
-    _STREAMING: _AFTER_RESPONSE,
+    # HANDLER: no body to read; STOLEN (here and below): steal_connection() while a
+    # message is in progress, whatever its stage (as libsoup).
+    _EARLY: (_BODY, _HANDLER, _STREAMING, _STOLEN) + _AFTER_RESPONSE,
+    _BODY: (_HANDLER, _STOLEN, _CLOSED),       # body read (or a parse error answered)
+    _HANDLER: (_STREAMING, _UPGRADED, _STOLEN) + _AFTER_RESPONSE,
+    _STREAMING: (_STOLEN,) + _AFTER_RESPONSE,
     _DRAINING: (_HEAD, _IDLE, _CLOSED),        # the peer read enough of the responses
     _YIELDED: (_HEAD, _CLOSED),                # the next loop turn
     _UPGRADED: (_CLOSED,),                     # only if the peer left during the 101
+    # Only for the table's rule that every state may close: the transport is detached,
+    # so no connection_lost() follows a steal.
+    _STOLEN: (_CLOSED,),
     _CLOSED: (),
 }
 # The same as sets, for _set_state (a frozenset of IntEnums is a C-level lookup).
@@ -116,7 +127,8 @@ class ConnectionOwner(Protocol):
         (its status set, e.g. 401 with the challenges)."""
 
     def connection_closed(self, conn: "HTTPConnection") -> None:
-        """The connection's transport is closed."""
+        """The connection's transport is closed, or its socket was stolen
+        (``ServerMessage.steal_connection``): either way, forget the connection."""
 
     def access_log(self, msg: ServerMessage, length: int) -> None:
         """Log one answered request (``length`` bytes of body sent)."""
@@ -143,7 +155,8 @@ class HTTPConnection:
 
     __slots__ = ("owner", "server", "transport", "parser", "state", "msg", "request", "entry",
                  "deadline", "keep_alive", "remote", "local", "scheme", "_send_mark",
-                 "_body_start", "_body_bytes", "__weakref__")
+                 "_body_start", "_body_bytes", "_body_reported", "_held_body", "_unacked",
+                 "_ack_pending", "__weakref__")
 
     def __init__(self, owner: ConnectionOwner, transport: Any, remote: Any, local: Any,
                  scheme: str = "http") -> None:
@@ -151,7 +164,10 @@ class HTTPConnection:
         self.server = server = owner.server
         self.scheme = scheme  # "https": the transport is a tls.TLSTransport
         self.transport = transport
-        self.parser = RequestParser(server.max_header_size, server.max_body_size)
+        # The Content-Length limit is checked after the early handler, which may stream
+        # the body instead (RequestBody.set_accumulate(False)).
+        self.parser = RequestParser(server.max_header_size, server.max_body_size,
+                                    defer_length_check=True, body_type=RequestBody)
         self.state = _HEAD
         self.msg: Optional[ServerMessage] = None
         self.request = None
@@ -167,6 +183,10 @@ class HTTPConnection:
         self._send_mark = None  # (bytes queued, since when) while a response waits to be read
         self._body_start = 0.0
         self._body_bytes = 0
+        self._body_reported = False  # the body goes to got-chunk as it is read
+        self._held_body: Optional[bytes] = None  # read while a got-chunk callback paused
+        self._unacked = 0  # streamed chunks written whose wrote-chunk is not emitted yet
+        self._ack_pending = False  # an emission of those is scheduled (or awaits the drain)
 
     def _set_state(self, new: ConnState) -> None:
         # Hot path (three calls per keep-alive GET: IDLE → EARLY → HANDLER → IDLE): one
@@ -208,13 +228,24 @@ class HTTPConnection:
         if msg is not None:
             msg.detach()
             self.msg = None
+            # libsoup's order: the message's finished, the server's request-aborted,
+            # then the message's disconnected.
+            observed = msg.observed
+            if observed:
+                msg.emit("finished")
             self.owner.emit("request-aborted", msg)
+            if observed:
+                msg.emit("disconnected")
 
     def write_drained(self) -> None:
-        """The transport sent everything queued: read the next request if we waited."""
-        if self.state is _DRAINING:
+        """The transport sent everything queued: read the next request if we waited, or
+        tell a streaming handler its chunks went out (``wrote-chunk``)."""
+        state = self.state
+        if state is _DRAINING:
             self._await_next_request()
             self._process()
+        elif state is _STREAMING and self._ack_pending:
+            self._ack_chunks(self.msg)
 
     # -- the handover (libsoup's soup_server_message_steal_connection) -----------------
     def take_over(self) -> Tuple[Any, bytes]:
@@ -241,6 +272,33 @@ class HTTPConnection:
         self.msg = self.entry = self.request = None
         return transport, self.parser.take_buffer()
 
+    def steal_connection(self, msg: ServerMessage) -> Tuple[Any, bytes]:
+        """``ServerMessage.steal_connection``: give the socket to the application.
+
+        Returns ``(socket, leftover)``: the socket, detached from the loop (what was
+        queued for it is sent first) and no longer this connection's or the server's,
+        and the bytes read past the request. ``(None, b"")`` if ``msg`` is no longer
+        this connection's message. The message gets ``disconnected``, as in libsoup.
+        """
+        if msg is not self.msg:
+            return None, b""
+        if self.scheme == "https":
+            # The TLS state lives in this connection's SSLObject, not in the socket.
+            raise NotImplementedError("steal_connection() is not available over TLS")
+        self._set_state(_STOLEN)
+        leftover = self.parser.take_buffer()
+        sock = self.transport.detach()
+        msg.detach()
+        self.msg = self.entry = self.request = None
+        self.owner.connection_closed(self)
+        if msg.observed:
+            msg.emit("disconnected")
+        return sock, leftover
+
+    def get_socket(self) -> Any:
+        """``ServerMessage.get_socket``: the connection's socket."""
+        return self.transport.get_socket()
+
     # -- timeouts (checked by the server's periodic sweep, no timer per request) --
     def check_deadline(self, now: float) -> None:
         buffered = self.transport.get_write_buffer_size()
@@ -263,6 +321,8 @@ class HTTPConnection:
             self._send_mark = None
         state = self.state
         if state in _TIMED and now > self.deadline:
+            if state is _BODY and self.msg is not None and self.msg.is_paused():
+                return  # the handler paused the upload: not the client's delay
             if state is _IDLE or (state is _HEAD and not self.parser.has_data):
                 log.debug("closing idle connection from %s", _addr(self.remote))
             elif state is _BODY:
@@ -309,6 +369,11 @@ class HTTPConnection:
                     self._start_request(req)
                 elif state is _BODY:
                     body = parser.read_body()
+                    if self._body_reported and not self._report_body():
+                        # Answered, paused, stolen or lost from a got-chunk callback.
+                        if body is not None and self.state is _BODY:
+                            self._held_body = body  # paused: _resume() goes on with it
+                        break
                     if body is None:
                         break
                     self._body_read(body)
@@ -345,9 +410,14 @@ class HTTPConnection:
         self.transport.pause_reading()
         owner.emit("request-started", msg)
         entry = self.entry = owner.lookup(path)
+        # got-headers: after the early handler, to the callbacks connected before it
+        # (libsoup runs it inside that emission). Only if someone watched the message.
+        watchers = msg.connected("got-headers") if msg.observed else ()
         # The auth domains first (SPEC 10): a 401 is answered as an early handler's status.
         if owner.authenticate(msg) and entry is not None and entry.early is not None:
             self._call(entry.early, msg, path, req.form)
+        if watchers:
+            msg.emit_to(watchers, "got-headers")
         self._after_early()
 
     def _after_early(self) -> None:
@@ -366,6 +436,14 @@ class HTTPConnection:
             # No body to wait for (most requests): no BODY state, no deadline, no read.
             self._body_read(self.parser.read_body())
             return
+        keep = msg.accumulates_body()
+        if keep and self.parser.body_too_large():
+            self._fail(HTTPError(413, "Request body larger than %d bytes"
+                                 % self.server.max_body_size))
+            return
+        if not keep or (msg.observed and msg.has_handlers("got-chunk")):
+            self.parser.report_body(keep)
+            self._body_reported = True
         # The state changes before each write: a write that finds the peer gone closes
         # the connection at once (connection_lost), and CLOSED must then be final.
         self._set_state(_BODY)
@@ -376,17 +454,47 @@ class HTTPConnection:
             self.transport.write(CONTINUE_LINE)
         self.transport.resume_reading()
 
+    def _report_body(self) -> bool:
+        """Emit ``got-chunk`` for the body bytes parsed since the last call. False if a
+        callback answered (then the request is answered now, the rest of the body is
+        not read, and the connection closes after the response: how a streaming
+        handler enforces its own limit), paused the message (reading stops until
+        ``unpause()``), stole the connection, or the peer left."""
+        msg = self.msg
+        for piece in self.parser.take_body_pieces():
+            msg.emit("got-chunk", piece)
+            if self.msg is not msg or self.state is not _BODY:
+                return False
+            if msg.get_status():
+                self.keep_alive = False
+                self.transport.pause_reading()
+                self._body_reported = False
+                self._set_state(_HANDLER)
+                self._after_handler()
+                return False
+        if msg.is_paused():
+            # Back-pressure from the handler (its sink is slow): read no more until
+            # unpause(); what was already parsed has been handed over.
+            self.transport.pause_reading()
+            return False
+        return True
+
     def _body_read(self, body: bytes) -> None:
         msg = self.msg
-        msg.set_request_body(body)
+        if body:
+            msg.set_request_body(body)
+        self._body_reported = False
         if self.state is _BODY:
             self.transport.pause_reading()  # else still paused since the head
         self._set_state(_HANDLER)
         self.owner.emit("request-read", msg)
         entry = self.entry
+        watchers = msg.connected("got-body") if msg.observed else ()  # as got-headers
         if entry is not None and entry.normal is not None:
             req = self.request
             self._call(entry.normal, msg, req.path, req.form)
+        if watchers:
+            msg.emit_to(watchers, "got-body")
         self._after_handler()
 
     def _after_handler(self) -> None:
@@ -434,6 +542,17 @@ class HTTPConnection:
             self._after_early()
         elif state is _HANDLER:
             self._after_handler()
+        elif state is _BODY:
+            # A streamed upload paused from got-chunk: read on, and the body's rate is
+            # measured from now (the pause was the handler's, not the client's).
+            held, self._held_body = self._held_body, None
+            if held is not None:
+                self._body_read(held)  # it had all arrived
+            else:
+                self._body_start = time.monotonic()
+                self._body_bytes = 0
+                self.deadline = self._body_start + self.server.request_timeout
+                self.transport.resume_reading()
         else:
             return
         self._process()
@@ -444,7 +563,7 @@ class HTTPConnection:
         log.info("bad request from %s: %d %s", _addr(self.remote), exc.status, exc.message)
         self.keep_alive = False
         msg = self.msg
-        if msg is None or self.state is _BODY:
+        if msg is None or self.state is _BODY or self.state is _EARLY:
             if msg is None:
                 uri = SplitResult(self.scheme, "", "", "", "")
                 msg = ServerMessage(self, "-", uri, "HTTP/1.1", MessageHeaders(), self.remote,
@@ -506,9 +625,22 @@ class HTTPConnection:
         req = self.request
         if no_body or not data or (req is not None and req.method == "HEAD"):
             self.transport.write(head)
+            if msg.observed:
+                self._emit_wrote(msg, False)
         else:
             self.transport.writelines([head, data])
+            if msg.observed:
+                self._emit_wrote(msg, True)
         self._finish(len(data))
+
+    def _emit_wrote(self, msg: ServerMessage, with_body: bool) -> None:
+        # A response sent whole: its head and body were handed to the transport at once.
+        # wrote-chunk is emitted once for the body, as libsoup does for a whole body.
+        for name in ("wrote-headers", "wrote-chunk", "wrote-body"):
+            if self.msg is not msg:
+                return  # the peer was found gone, or a callback stole the connection
+            if with_body or name != "wrote-chunk":
+                msg.emit(name)
 
     def _is_head(self) -> bool:
         req = self.request
@@ -528,7 +660,11 @@ class HTTPConnection:
             _set_trusted(headers, "Connection", "close")
         head = build_response_head(version, msg.get_status(), msg.get_reason_phrase(), headers)
         self._set_state(_STREAMING)  # before the write, which may find the peer gone
+        self._unacked = 0
+        self._ack_pending = False
         self.transport.write(head)
+        if msg.observed and self.msg is msg:
+            msg.emit("wrote-headers")
         is_head = self._is_head()
         chunked = encoding is Encoding.CHUNKED
         sent = [0]
@@ -537,16 +673,56 @@ class HTTPConnection:
             if self.msg is not msg or self.state is not _STREAMING:
                 return
             if data is None:
+                if self._unacked:
+                    self._ack_all(msg)  # every wrote-chunk before wrote-body
+                    if self.msg is not msg or self.state is not _STREAMING:
+                        return
                 if chunked and not is_head:
                     self.transport.write(LAST_CHUNK)
+                if msg.observed and self.msg is msg:
+                    msg.emit("wrote-body")
                 self._finish(sent[0])
                 self._process()
                 return
             sent[0] += len(data)
             if not is_head:
                 self.transport.write(chunk(data) if chunked else data)
+            if msg.observed:
+                self._chunk_sent(msg)
 
         msg.get_response_body().stream_to(sink)
+
+    # -- wrote-chunk for a streamed response: the pacing of a download ---------------------
+    # A chunk counts as written once the transport holds nothing more (the kernel took
+    # it), checked on the next loop iteration or when the transport drains: never from
+    # inside append(), so a callback that appends the next chunk neither recurses nor
+    # buffers more than the socket takes.
+    def _chunk_sent(self, msg: ServerMessage) -> None:
+        self._unacked += 1
+        if not self._ack_pending:
+            self._ack_pending = True
+            if not self.transport.get_write_buffer_size():
+                self.owner.call_soon(self._ack_chunks, msg)
+            # else write_drained() calls _ack_chunks
+
+    def _ack_chunks(self, msg: Any) -> None:
+        if (msg is not self.msg or self.state is not _STREAMING or not self._ack_pending
+                or self.transport.get_write_buffer_size()):
+            return  # done meanwhile, or still sending: write_drained() comes back
+        self._ack_pending = False
+        # Only the chunks written so far: those appended by the callbacks wait for their
+        # own turn (else a callback appending the next chunk would never stop here).
+        for _ in range(self._unacked):
+            if self.msg is not msg or self.state is not _STREAMING:
+                return
+            self._unacked -= 1
+            msg.emit("wrote-chunk")
+
+    def _ack_all(self, msg: ServerMessage) -> None:
+        self._ack_pending = False
+        while self._unacked and self.msg is msg and self.state is _STREAMING:
+            self._unacked -= 1
+            msg.emit("wrote-chunk")
 
     def _finish(self, length: int) -> None:
         msg = self.msg
@@ -554,6 +730,8 @@ class HTTPConnection:
             return  # the connection was lost while the response was written
         self.msg = self.entry = self.request = None
         msg.detach()
+        if msg.observed:
+            msg.emit("finished")
         owner = self.owner
         owner.access_log(msg, length)
         owner.emit("request-finished", msg)

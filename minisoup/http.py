@@ -359,13 +359,23 @@ class RequestParser:
     The next request is not parsed until the caller calls :meth:`read_head` again,
     which is how pipelined requests are answered one at a time, in order.
     Errors raise :class:`HTTPError`; the connection must then be closed.
+
+    A body may also be handed out piece by piece as it is parsed: after
+    :meth:`report_body`, :meth:`take_body_pieces` gives what was parsed since the last
+    call, and with ``keep=False`` the body is not kept (nor limited by
+    ``max_body_size``). With ``defer_length_check`` a ``Content-Length`` over
+    ``max_body_size`` is not refused by :meth:`read_head`: the caller asks
+    :meth:`body_too_large` once it knows whether the body will be kept. ``body_type``
+    is the type :meth:`read_body` builds a non-empty body as (``bytes`` by default).
     """
 
     __slots__ = ("_buf", "_off", "max_header_size", "max_body_size", "_request", "_body",
                  "_body_size", "_chunk_left", "_chunk_state", "_scanned", "_line_scanned",
-                 "_empty_lines", "_metadata_size")
+                 "_empty_lines", "_metadata_size", "_defer_length_check", "_pieces", "_keep",
+                 "body_type")
 
-    def __init__(self, max_header_size: int = 65536, max_body_size: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_header_size: int = 65536, max_body_size: int = 16 * 1024 * 1024,
+                 defer_length_check: bool = False, body_type: type = bytes) -> None:
         self._buf = b""
         # Where the unparsed bytes of _buf begin. Parsing advances it instead of slicing
         # the rest off: slicing per request made pipelined requests quadratic (9,700 GETs
@@ -374,6 +384,10 @@ class RequestParser:
         self._off = 0
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
+        self._defer_length_check = defer_length_check
+        self.body_type = body_type
+        self._pieces: Optional[List[bytes]] = None  # report_body(): pieces not yet taken
+        self._keep = True  # False: report_body(keep=False), the body is not kept
         self._request: Optional[Request] = None
         # One buffer, created on the first body byte: a list of pieces let a body of
         # 1-byte chunks pin ~40 bytes of objects per byte of max_body_size.
@@ -462,9 +476,11 @@ class RequestParser:
             raise HTTPError(400, "Bare CR or LF in the request head (CRLF required)")
         self._consumed(end + 4)
         self._scanned = 0
-        req = _parse_head(block, self.max_body_size)
+        req = _parse_head(block, 0 if self._defer_length_check else self.max_body_size)
         self._request = req
         self._body = None
+        self._pieces = None
+        self._keep = True
         self._body_size = 0
         self._chunk_state = "size"
         self._chunk_left = req.content_length
@@ -485,9 +501,33 @@ class RequestParser:
         if not done:
             return None
         self._request = None
-        body = bytes(self._body) if self._body else b""
+        body = self.body_type(self._body) if self._body else b""
         self._body = None
         return body
+
+    def body_too_large(self) -> bool:
+        """True if the current request's ``Content-Length`` is over ``max_body_size``
+        (what :meth:`read_head` refuses unless ``defer_length_check``)."""
+        req = self._request
+        limit = self.max_body_size
+        return bool(req is not None and limit and req.content_length > limit)
+
+    def report_body(self, keep: bool = True) -> None:
+        """Hand the current request's body out as it is parsed (:meth:`take_body_pieces`).
+
+        With ``keep`` False it is not kept either (:meth:`read_body` then gives ``b""``)
+        and ``max_body_size`` does not apply: the caller streams it and sets its own limit.
+        """
+        self._pieces = []
+        self._keep = keep
+
+    def take_body_pieces(self) -> List[bytes]:
+        """The body bytes parsed since the last call (after :meth:`report_body`), in order."""
+        pieces = self._pieces
+        if not pieces:
+            return []
+        self._pieces = []
+        return pieces
 
     def _take(self, n: int) -> bytes:
         off = self._off
@@ -504,6 +544,10 @@ class RequestParser:
 
     def _add_body(self, piece: bytes) -> None:
         self._body_size += len(piece)
+        if self._pieces is not None:
+            self._pieces.append(piece)
+            if not self._keep:
+                return  # streamed, not kept: the caller's limit, not max_body_size
         if self.max_body_size and self._body_size > self.max_body_size:
             raise HTTPError(413, "Request body larger than %d bytes" % self.max_body_size)
         body = self._body
@@ -550,7 +594,8 @@ class RequestParser:
                         or size_text.strip(b"0123456789abcdefABCDEF")):
                     raise HTTPError(400, "Invalid chunk size")
                 chunk_size = int(size_text, 16)
-                if self.max_body_size and self._body_size + chunk_size > self.max_body_size:
+                if (self.max_body_size and self._keep
+                        and self._body_size + chunk_size > self.max_body_size):
                     raise HTTPError(413, "Request body larger than %d bytes" % self.max_body_size)
                 self._chunk_left = chunk_size
                 self._chunk_state = "data" if chunk_size else "trailer"

@@ -30,6 +30,9 @@ log = logging.getLogger("minisoup")
 READ_SIZE = 262144           # one recv(); large so a 1 MiB frame takes few calls
 MAX_IOV = 64                 # buffers handed to one sendmsg()
 SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is logged
+# detach(): how long queued bytes may take to leave before the socket is handed over
+# (blocking; only a client that stopped reading earlier pipelined responses makes it wait).
+DETACH_FLUSH_TIMEOUT_S = 5.0
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 _monotonic = time.monotonic
@@ -351,6 +354,38 @@ class SocketTransport:
         self._protocol = protocol
         self._get_buffer = getattr(protocol, "get_buffer", None)
         self._write_drained = getattr(protocol, "write_drained", None)
+
+    def get_socket(self) -> socket.socket:
+        """The connected socket (to inspect it; the transport still owns it)."""
+        return self._sock
+
+    def detach(self) -> socket.socket:
+        """Give the socket away (``ServerMessage.steal_connection``): what is queued is sent
+        first (blocking, at most ``DETACH_FLUSH_TIMEOUT_S``; whatever is left then is
+        dropped), the loop stops watching the socket, and the transport is done with
+        it without closing it and without telling its protocol. The socket stays
+        non-blocking."""
+        if self._closed:
+            raise RuntimeError("detach() on a closed transport")
+        sock = self._sock
+        wbuf = self._wbuf
+        self._closed = True
+        self._wbuf = None
+        self._wsize = 0
+        self._protocol = None
+        if self._events:
+            self._loop.remove_reader(sock)
+            self._events = 0
+        if wbuf:
+            try:
+                sock.settimeout(DETACH_FLUSH_TIMEOUT_S)
+                for part in wbuf:
+                    sock.sendall(part)
+            except OSError as exc:
+                log.info("detach: queued bytes not sent: %s", exc)
+            finally:
+                sock.setblocking(False)
+        return sock
 
     # -- reading ---------------------------------------------------------------
     def pause_reading(self) -> None:

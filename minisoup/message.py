@@ -1,12 +1,46 @@
 """``ServerMessage``: one request and its response (libsoup's SoupServerMessage)."""
 
+import logging
 import time
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import SplitResult, urljoin
 
 from .http import MessageHeaders, _check_text, quote_path, reason_phrase
+from .signals import SignalEmitter, last_callback
 
-__all__ = ["ServerMessage", "ResponseBody"]
+log = logging.getLogger("minisoup")
+
+__all__ = ["ServerMessage", "ResponseBody", "RequestBody"]
+
+
+class RequestBody(bytes):
+    """The request body (libsoup's SoupMessageBody, request side): a ``bytes`` subclass,
+    so code that treats the body as ``bytes`` keeps working.
+
+    In an early handler it is empty; once the body is read, the message's
+    ``get_request_body()`` gives one that holds all of it, or nothing if
+    accumulation was turned off. :meth:`set_accumulate` ``(False)`` in an early
+    handler (or a ``got-headers`` callback) is how a handler streams an upload: the
+    body then arrives through the message's ``got-chunk`` signal as it is read, is
+    not kept, and ``max_body_size`` does not apply (the handler enforces its own).
+    """
+
+    # A flag in the instance's __dict__ only once set_accumulate() was called (bytes
+    # subclasses cannot have __slots__): the common body costs no dict.
+    _accumulate = True
+
+    def flatten(self) -> bytes:
+        """The whole body as plain ``bytes`` (libsoup's ``soup_message_body_flatten``)."""
+        return bytes(self)
+
+    def get_accumulate(self) -> bool:
+        """Whether the body is kept as it is read (default True)."""
+        return self._accumulate
+
+    def set_accumulate(self, accumulate: bool) -> None:
+        """Keep the body as it is read (True, the default) or only hand it to ``got-chunk``
+        callbacks (False). Only has an effect before the body is read (early handler)."""
+        self._accumulate = bool(accumulate)
 
 
 class ResponseBody:
@@ -18,6 +52,11 @@ class ResponseBody:
     is not complete when the response starts: what was appended goes out at once, each
     later ``append`` follows (as a chunk, unless a Content-Length was set), and
     ``complete()`` ends it. Otherwise the body is sent whole, as it is.
+
+    A large streamed body paces itself with the message's ``wrote-chunk`` signal:
+    append the next piece from its callback, which runs once the previous pieces
+    have left minisoup's buffer for the kernel's, so no more than about one piece
+    waits in the server whatever the client's speed.
     """
 
     __slots__ = ("_chunks", "_length", "completed", "_stream")
@@ -85,7 +124,7 @@ class ResponseBody:
         return self._length
 
 
-class ServerMessage:
+class ServerMessage(SignalEmitter):
     """A request received by the server and the response being built for it.
 
     Handlers set the answer with :meth:`set_status` and :meth:`set_response` (or the
@@ -93,12 +132,38 @@ class ServerMessage:
     when the handler returns; :meth:`unpause` sends it later, from a timer or another
     callback. Response header values and reason phrases are checked: CR, LF or NUL
     raise ``ValueError`` (no header injection).
+
+    Signals (``connect(name, callback, *user_data)`` → id, ``disconnect(id)``; the
+    callback gets the message, the signal's arguments, then ``user_data``), in the
+    order libsoup 3 emits them for one request:
+
+    - ``got-headers``: the head was read (after the early handler ran; as in libsoup,
+      where the early handler is part of this emission, a callback connected by the
+      early handler is not called for it: connect in the server's ``request-started``);
+    - ``got-chunk(data)``: a piece of the request body was read (``bytes``), each as it
+      arrives, whether the body is accumulated or not;
+    - ``got-body``: the whole body was read (after the normal handler ran; likewise
+      not for callbacks the normal handler connects);
+    - ``wrote-headers``: the response head was handed to the socket;
+    - ``wrote-chunk``: a piece of the response body was sent. For a response sent whole,
+      once, right after it was handed to the socket. For a streamed response, once per
+      ``append()``, when that data has left minisoup's buffer for the kernel's (never
+      from inside ``append()``): appending the next piece from this callback paces a
+      download to the client's reading speed;
+    - ``wrote-body``: the last of the body was handed to the socket;
+    - ``finished``: done with this message (answered, or the connection was lost);
+    - ``disconnected``: the connection was lost before the response was finished
+      (after ``finished``), or was stolen (:meth:`steal_connection`).
     """
+
+    SIGNALS = ("got-headers", "got-chunk", "got-body", "wrote-headers", "wrote-chunk",
+               "wrote-body", "finished", "disconnected")
 
     __slots__ = ("_method", "_uri", "_version", "_request_headers", "_request_body",
                  "_remote", "_local", "_status", "_reason", "_response_headers",
                  "_response_body", "_paused", "_conn", "_started", "_peer_certificate",
-                 "_auth_domain", "_auth_user", "__weakref__")
+                 "_auth_domain", "_auth_user", "_signals", "_leftover", "observed",
+                 "__weakref__")
 
     def __init__(self, conn: Any, method: str, uri: SplitResult, version: str,
                  headers: MessageHeaders, remote: Any, local: Any,
@@ -109,7 +174,7 @@ class ServerMessage:
         self._uri = uri
         self._version = version
         self._request_headers = headers
-        self._request_body = b""
+        self._request_body: Optional[RequestBody] = None  # made on first use
         self._remote = remote
         self._local = local
         self._status = 0
@@ -120,6 +185,61 @@ class ServerMessage:
         self._started = time.monotonic()
         self._auth_domain: Any = None
         self._auth_user: Optional[str] = None
+        self._signals: Optional[Dict[str, list]] = None  # made by the first connect()
+        self._leftover = b""
+        # True once a signal callback was connected: until then the connection emits
+        # nothing (one attribute test per step instead of a call per signal).
+        self.observed = False
+
+    # -- signals ----------------------------------------------------------------
+    def _handlers_map(self) -> Dict[str, list]:
+        if self._signals is None:
+            self._signals = {}
+            self.observed = True
+        return self._signals
+
+    def disconnect(self, handler_id: int) -> None:
+        """Disconnect the signal callback with this id (GObject's ``disconnect``)."""
+        self.disconnect_signal(handler_id)
+
+    def emit(self, name: str, *args: Any) -> None:
+        """Call every callback connected to ``name`` (for the connection; an exception
+        in a callback is logged and the others still run)."""
+        self.emit_to(self.connected(name), name, *args)
+
+    def connected(self, name: str) -> Tuple:
+        """For the connection: the callbacks connected to ``name`` now (a snapshot).
+
+        libsoup runs the early handler as part of the ``got-headers`` emission and the
+        normal handler as part of ``got-body``, so a callback those handlers connect is
+        not called for that emission (GObject's rule): the connection takes this
+        snapshot before the handler and gives it to :meth:`emit_to` after."""
+        signals = self._signals
+        if not signals:
+            return ()
+        handlers = signals.get(name)
+        return tuple(handlers) if handlers else ()
+
+    def emit_to(self, handlers: Tuple, name: str, *args: Any) -> None:
+        """For the connection: emit ``name`` to the callbacks of a :meth:`connected`
+        snapshot that are still connected."""
+        if not handlers:
+            return
+        current = self._signals.get(name) if self._signals else None
+        for entry in handlers:
+            if not current or entry not in current:
+                continue  # disconnected by an earlier callback
+            callback = entry[1]
+            last_callback.value = callback
+            try:
+                callback(self, *args, *entry[2])
+            except Exception:
+                log.exception("exception in %r signal handler %r", name, callback)
+
+    def has_handlers(self, name: str) -> bool:
+        """True if a callback is connected to the signal ``name``."""
+        signals = self._signals
+        return bool(signals and signals.get(name))
 
     # -- the request ------------------------------------------------------------
     def get_method(self) -> str:
@@ -141,9 +261,19 @@ class ServerMessage:
         """The request's headers."""
         return self._request_headers
 
-    def get_request_body(self) -> bytes:
-        """The request body (empty before it is read, i.e. in early handlers)."""
-        return self._request_body
+    def get_request_body(self) -> RequestBody:
+        """The request body, a :class:`RequestBody` (a ``bytes``): empty before it is read
+        (in early handlers), then all of it (nothing if accumulation was turned off)."""
+        body = self._request_body
+        if body is None:
+            body = self._request_body = RequestBody()
+        return body
+
+    def accumulates_body(self) -> bool:
+        """For the connection: whether the request body is to be kept (see
+        :meth:`RequestBody.set_accumulate`)."""
+        body = self._request_body
+        return body is None or body.get_accumulate()
 
     def get_remote_host(self) -> Optional[str]:
         """The client's IP address as a string."""
@@ -156,6 +286,36 @@ class ServerMessage:
     def get_local_address(self) -> Optional[Tuple]:
         """The server's socket address for this connection."""
         return self._local
+
+    def get_socket(self) -> Any:
+        """The connection's ``socket.socket`` (over TLS, the TCP socket under it); ``None``
+        once the message is done with (answered, aborted or stolen)."""
+        conn = self._conn
+        return conn.get_socket() if conn is not None else None
+
+    def steal_connection(self) -> Any:
+        """Take the connection away from the server (libsoup's
+        ``soup_server_message_steal_connection``), for a custom upgrade.
+
+        Returns the ``socket.socket``, still non-blocking; from now on it is the
+        caller's: the server forgets it, does not close it and sends no response to
+        this message (bytes already queued for earlier responses are sent first).
+        Bytes the server had read past the request (a client that did not wait for
+        the answer) are in :meth:`get_leftover_data`. Emits ``disconnected``; no
+        ``finished``, as libsoup. Call it from a handler or a signal callback, or
+        while the message is paused. ``None`` if the message has no connection any
+        more. Not available over TLS (``NotImplementedError``).
+        """
+        conn = self._conn
+        if conn is None:
+            return None
+        sock, self._leftover = conn.steal_connection(self)
+        return sock
+
+    def get_leftover_data(self) -> bytes:
+        """After :meth:`steal_connection`: the bytes the server had already read past the
+        request (usually empty); read them before what the stolen socket gives."""
+        return self._leftover
 
     def get_tls_peer_certificate(self) -> Optional[dict]:
         """Over TLS, the client's verified certificate as ``ssl.SSLSocket.getpeercert()``
@@ -244,8 +404,8 @@ class ServerMessage:
 
     # -- for the connection only (libsoup's soup-server-message-private.h) ----------------
     # What the connection may do to a message, named; handlers do not call these.
-    def set_request_body(self, body: bytes) -> None:
-        """For the connection: the request body has been read."""
+    def set_request_body(self, body: RequestBody) -> None:
+        """For the connection: the request body has been read (a non-empty one)."""
         self._request_body = body
 
     def set_auth(self, domain: Any, user: str) -> None:

@@ -234,6 +234,10 @@ class TLSTransport:
         """The client's verified certificate (``SSLSocket.getpeercert()``'s dict), or None."""
         return self._peer_cert
 
+    def get_socket(self) -> Any:
+        """The TCP socket under the TLS layer (to inspect it; the transport owns it)."""
+        return self._raw.get_socket()
+
     def get_write_buffer_size(self) -> int:
         """Bytes not on the wire yet: plaintext waiting, plus ciphertext queued."""
         return self._pending_size + self._raw.get_write_buffer_size()

@@ -32,7 +32,15 @@ class FakeTransport:
         self.protocol = None
         self.reading = True
         self.buffered = 0  # what get_write_buffer_size() says: set by a test
-        self.closed = self.aborted = self.flushed = False
+        self.closed = self.aborted = self.flushed = self.detached = False
+        self.sock = object()  # stands for the socket (get_socket, detach)
+
+    def get_socket(self):
+        return self.sock
+
+    def detach(self):
+        self.detached = True
+        return self.sock
 
     def write(self, data):
         if not self.closed:
@@ -742,3 +750,337 @@ def test_ten_thousand_pipelined_gets_do_not_hold_the_loop_from_another_client():
     assert seen_by_other[0] <= 4 * MAX_REQUESTS_PER_TURN, seen_by_other
     assert waited < 1.0, "the other client waited %.3f s" % waited
     assert result["bodies"] == [b"%d" % i for i in range(count)]
+
+
+# -- message signals ------------------------------------------------------------------------
+# The order libsoup 3 emits them in, with the server's signals ("S:") and the handlers
+# between them: measured on libsoup 3 (gi.repository.Soup) over a socket, connecting
+# every signal in request-started; tests/test_libsoup_reference.py compares it live
+# (connecting in the early handler, which then sees no got-headers).
+# libsoup's wrote-body-data and wrote-informational are not in minisoup.
+LIBSOUP_ORDER = {
+    "get": ["S:request-started", "early", "got-headers", "S:request-read", "handler",
+            "got-body", "wrote-headers", "wrote-chunk", "wrote-body", "finished",
+            "S:request-finished"],
+    "post": ["S:request-started", "early", "got-headers", "got-chunk(5)", "got-chunk(5)",
+             "S:request-read", "handler(10)", "got-body", "wrote-headers", "wrote-chunk",
+             "wrote-body", "finished", "S:request-finished"],
+    "chunked": ["S:request-started", "early", "got-headers", "got-chunk(5)", "got-chunk(3)",
+                "S:request-read", "handler(8)", "got-body", "wrote-headers", "wrote-chunk",
+                "wrote-body", "finished", "S:request-finished"],
+    "stream": ["S:request-started", "early", "got-headers", "S:request-read", "handler",
+               "got-body", "wrote-headers", "wrote-chunk", "wrote-chunk", "wrote-chunk",
+               "wrote-body", "finished", "S:request-finished"],
+    "abort": ["S:request-started", "early", "got-headers", "got-chunk(5)", "finished",
+              "S:request-aborted", "disconnected"],
+    "steal": ["S:request-started", "early", "got-headers", "S:request-read", "handler",
+              "disconnected", "got-body"],
+}
+
+
+def watch(msg, events):
+    """Connect every message signal of ``msg``, logging them into ``events``."""
+    for name in minisoup.ServerMessage.SIGNALS:
+        if name == "got-chunk":
+            msg.connect(name, lambda m, data: events.append("got-chunk(%d)" % len(data)))
+        else:
+            msg.connect(name, lambda m, name=name: events.append(name))
+
+
+def watched(normal, events):
+    """A connection whose every message is watched from the server's request-started
+    (as a metrics hook would), logging the server's signals into ``events`` too."""
+    def early(server, msg, path, query, user_data):
+        events.append("early")
+
+    def emit(signal, msg):
+        events.append("S:" + signal)
+        if signal == "request-started":
+            watch(msg, events)
+
+    conn, transport, owner = make(Handler(normal, None, None), Handler(early, None, None))
+    owner.emit = emit
+    return conn, transport, owner
+
+
+def hello(events, with_length=False):
+    def handler(server, msg, path, query, user_data):
+        body = msg.get_request_body()
+        events.append("handler(%d)" % len(body) if with_length else "handler")
+        msg.set_status(200)
+        msg.set_response("text/plain", "hello")
+    return handler
+
+
+def test_signal_order_of_a_get_as_libsoup():
+    events = []
+    conn, transport, owner = watched(hello(events), events)
+    conn.data_received(get())
+    assert events == LIBSOUP_ORDER["get"]
+    assert responses(transport.take())[0][2] == b"hello"
+
+
+def test_signal_order_of_a_body_in_pieces_as_libsoup():
+    events = []
+    conn, transport, owner = watched(hello(events, True), events)
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+    conn.data_received(b"01234")
+    conn.data_received(b"56789")
+    assert events == LIBSOUP_ORDER["post"]
+
+    events[:] = []
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    conn.data_received(b"5\r\n01234\r\n")
+    conn.data_received(b"3\r\n567\r\n0\r\n\r\n")
+    assert events == LIBSOUP_ORDER["chunked"]
+
+
+def test_signal_order_of_a_streamed_response_paced_by_wrote_chunk_as_libsoup():
+    events = []
+
+    def handler(server, msg, path, query, user_data):
+        events.append("handler")
+        msg.set_status(200)
+        msg.get_response_headers().set_encoding(Encoding.CHUNKED)
+        body = msg.get_response_body()
+        body.append(b"first")
+        more = iter([b"more", b"more", None])
+
+        def next_chunk(m):
+            data = next(more)
+            if data is None:
+                body.complete()
+            else:
+                body.append(data)
+        msg.connect("wrote-chunk", next_chunk)
+
+    conn, transport, owner = watched(handler, events)
+    conn.data_received(get())
+    # wrote-chunk is never emitted from inside append(): on the next loop iteration.
+    assert events[-1] == "wrote-headers" and conn.state is ConnState.STREAMING
+    while owner.run_soon():
+        pass
+    assert events == LIBSOUP_ORDER["stream"]
+    assert transport.take().endswith(b"\r\n\r\n5\r\nfirst\r\n4\r\nmore\r\n4\r\nmore\r\n0\r\n\r\n")
+    assert conn.state is ConnState.IDLE
+
+
+def test_wrote_chunk_waits_until_the_transport_has_drained():
+    acks = []
+
+    def handler(server, msg, path, query, user_data):
+        msg.set_status(200)
+        msg.get_response_headers().set_encoding(Encoding.CHUNKED)
+        msg.connect("wrote-chunk", lambda m: acks.append(1))
+        msg.get_response_body().append(b"x" * 100)
+
+    conn, transport, owner = make(Handler(handler, None, None))
+    transport.buffered = 100  # the kernel did not take it all
+    conn.data_received(get())
+    assert owner.run_soon() == 0 and acks == []
+    transport.buffered = 0
+    conn.write_drained()
+    assert acks == [1]
+
+
+def test_signal_order_when_the_peer_leaves_mid_body_as_libsoup():
+    events = []
+    conn, transport, owner = watched(hello(events), events)
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n01234")
+    transport.abort()
+    assert events == LIBSOUP_ORDER["abort"]
+
+
+def test_callbacks_connected_by_a_handler_miss_the_emission_it_runs_in_as_libsoup():
+    # libsoup runs the early handler inside the got-headers emission, the normal one
+    # inside got-body: what they connect there is not called for it (GObject's rule).
+    events = []
+
+    def early(server, msg, path, query, user_data):
+        watch(msg, events)
+
+    def normal(server, msg, path, query, user_data):
+        msg.connect("got-body", lambda m: events.append("got-body (connected late)"))
+        msg.set_status(200)
+
+    conn, transport, owner = make(Handler(normal, None, None), Handler(early, None, None))
+    conn.data_received(get())
+    assert events == ["got-body", "wrote-headers", "wrote-body", "finished"]
+
+
+def test_an_unwatched_message_has_no_signal_machinery():
+    seen = []
+
+    def handler(server, msg, path, query, user_data):
+        seen.append(msg)
+        msg.set_status(200)
+
+    conn, transport, owner = make(Handler(handler, None, None))
+    conn.data_received(get())
+    assert seen[0].observed is False and not seen[0].has_handlers("finished")
+
+
+def test_a_signal_callback_exception_is_logged_and_the_request_goes_on(caplog):
+    def early(server, msg, path, query, user_data):
+        msg.connect("wrote-headers", lambda m: 1 / 0)
+
+    conn, transport, owner = make(answer("fine"), Handler(early, None, None))
+    conn.data_received(get())
+    assert responses(transport.take())[0][2] == b"fine"
+    assert any("signal handler" in r.getMessage() for r in caplog.records)
+
+
+def test_disconnect_removes_a_signal_callback():
+    events = []
+
+    def early(server, msg, path, query, user_data):
+        handler_id = msg.connect("finished", lambda m: events.append("finished"))
+        msg.connect("wrote-body", lambda m: events.append("wrote-body"))
+        msg.disconnect(handler_id)
+
+    conn, transport, owner = make(answer(), Handler(early, None, None))
+    conn.data_received(get())
+    assert events == ["wrote-body"]
+
+
+# -- the request body: RequestBody, streamed uploads ------------------------------------------
+def test_request_body_is_bytes_empty_early_then_all_of_it():
+    seen = []
+
+    def early(server, msg, path, query, user_data):
+        body = msg.get_request_body()
+        seen.append((type(body), bytes(body), body.get_accumulate()))
+
+    def normal(server, msg, path, query, user_data):
+        body = msg.get_request_body()
+        seen.append((type(body), body, body.flatten(), type(body.flatten())))
+        msg.set_status(200)
+
+    conn, transport, owner = make(Handler(normal, None, None), Handler(early, None, None))
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nabc")
+    conn.data_received(b"def")
+    assert seen[0] == (minisoup.RequestBody, b"", True)
+    assert seen[1] == (minisoup.RequestBody, b"abcdef", b"abcdef", bytes)
+    assert isinstance(seen[1][1], bytes)
+
+
+def streaming_upload(limit=None):
+    """Handlers that stream the body (accumulation off) and answer with what they saw."""
+    got = []
+
+    def early(server, msg, path, query, user_data):
+        msg.get_request_body().set_accumulate(False)
+
+        def on_chunk(m, data):
+            got.append(data)
+            if limit is not None and sum(map(len, got)) > limit:
+                m.set_status(413)
+        msg.connect("got-chunk", on_chunk)
+
+    def normal(server, msg, path, query, user_data):
+        msg.set_status(200)
+        msg.set_response("text/plain", "%d %d" % (sum(map(len, got)),
+                                                  len(msg.get_request_body())))
+    return Handler(normal, None, None), Handler(early, None, None), got
+
+
+def test_a_streamed_upload_goes_to_got_chunk_and_is_not_kept():
+    normal, early, got = streaming_upload()
+    conn, transport, owner = make(normal, early)
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 8\r\n\r\nabc")
+    assert got == [b"abc"] and conn.state is ConnState.BODY
+    conn.data_received(b"defgh")
+    assert got == [b"abc", b"defgh"]
+    assert responses(transport.take())[0][2] == b"8 0"  # 8 bytes seen, none kept
+    assert conn.state is ConnState.IDLE
+
+
+def test_max_body_size_does_not_apply_to_a_streamed_upload():
+    # Content-Length over the limit: refused at the head before; streamed now.
+    normal, early, got = streaming_upload()
+    conn, transport, owner = make(normal, early, max_body_size=10)
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 25\r\n\r\n" + b"x" * 25)
+    assert responses(transport.take())[0][2] == b"25 0"
+    # Chunked, over the limit.
+    del got[:]
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"10\r\n" + b"y" * 16 + b"\r\n10\r\n" + b"z" * 16 + b"\r\n0\r\n\r\n")
+    assert responses(transport.take())[0][2] == b"32 0"
+    assert got == [b"y" * 16, b"z" * 16]
+
+
+def test_a_kept_body_over_max_body_size_is_still_413_before_it_is_read():
+    early_calls = []
+
+    def early(server, msg, path, query, user_data):
+        early_calls.append(path)
+
+    conn, transport, owner = make(answer(), Handler(early, None, None), max_body_size=10)
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+    data = transport.take()
+    assert not data.startswith(b"HTTP/1.1 100")  # no "send it" before the refusal
+    [(status, headers, _)] = responses(data)
+    assert status == 413 and headers["connection"] == "close" and transport.closed
+    assert early_calls == ["/"]  # the early handler ran: it could have streamed the body
+
+
+def test_a_got_chunk_callback_that_answers_stops_the_upload():
+    normal, early, got = streaming_upload(limit=4)
+    conn, transport, owner = make(normal, early)
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc")
+    assert conn.state is ConnState.BODY
+    conn.data_received(b"defg")
+    [(status, headers, _)] = responses(transport.take())
+    assert status == 413 and headers["connection"] == "close"
+    assert transport.closed and conn.state is ConnState.CLOSED
+
+
+def test_a_got_chunk_callback_may_pause_the_upload_for_back_pressure():
+    got, paused = [], []
+
+    def early(server, msg, path, query, user_data):
+        msg.get_request_body().set_accumulate(False)
+
+        def on_chunk(m, data):
+            got.append(data)
+            m.pause()  # e.g. the sink is slow
+            paused.append(m)
+        msg.connect("got-chunk", on_chunk)
+
+    def normal(server, msg, path, query, user_data):
+        msg.set_status(200)
+        msg.set_response("text/plain", b"".join(got))
+
+    conn, transport, owner = make(Handler(normal, None, None), Handler(early, None, None))
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nabc")
+    assert got == [b"abc"] and not transport.reading and conn.state is ConnState.BODY
+    conn.check_deadline(time.monotonic() + REQUEST_TIMEOUT + 100)  # the handler's pause
+    assert not transport.aborted
+    paused.pop().unpause()
+    owner.run_soon()
+    assert transport.reading
+    conn.data_received(b"def")  # the last piece: the body is read while paused again
+    assert got == [b"abc", b"def"] and transport.take() == b""
+    paused.pop().unpause()
+    owner.run_soon()
+    assert responses(transport.take())[0][2] == b"abcdef" and conn.state is ConnState.IDLE
+
+
+# -- steal_connection ---------------------------------------------------------------------------
+def test_steal_connection_hands_over_the_socket_and_the_server_forgets_it():
+    events, stolen = [], []
+
+    def handler(server, msg, path, query, user_data):
+        events.append("handler")
+        assert msg.get_socket() is transport.sock
+        stolen.append(msg.steal_connection())
+        stolen.append(msg.get_leftover_data())
+        assert msg.steal_connection() is None  # once only
+
+    conn, transport, owner = watched(handler, events)
+    conn.data_received(get("/custom", b"Upgrade: echo\r\n") + b"early bytes")
+    assert stolen == [transport.sock, b"early bytes"]
+    assert events == LIBSOUP_ORDER["steal"]
+    assert conn.state is ConnState.STOLEN and transport.detached and not transport.closed
+    assert owner.closed == [conn] and transport.take() == b"" and owner.logged == []

@@ -990,3 +990,166 @@ def test_auth_differences_from_libsoup(auth_ports):
         assert _auth_answer(port, "/b", lower)[0] == (200 if ours else 401)
         status, _, body = _auth_answer(port, "/b", "Basic " + _b64("alice:pw"))
         assert (status, body) == (200, b"early=1" if ours else b"early=0")
+
+
+# -- message signals: the same order as libsoup's -------------------------------------------
+# One client, run against both servers: each scenario on its own connection, with pauses
+# so that the body arrives in the pieces named. Both servers log the handlers, the
+# server's request-* signals ("S:") and every message signal into EVENTS.
+SIGNALS_CLIENT = r"""
+import socket, time
+
+SCENARIOS = [
+    ("get", b"GET /get HTTP/1.1\r\nHost: h\r\n\r\n", []),
+    ("post", b"POST /get HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n", [b"01234", b"56789"]),
+    ("chunked", b"POST /get HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+     [b"5\r\n01234\r\n", b"3\r\n567\r\n0\r\n\r\n"]),
+    ("stream", b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n", []),
+    ("abort", b"POST /get HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n", [b"01234"]),
+    ("steal", b"GET /steal HTTP/1.1\r\nHost: h\r\n\r\n", []),
+]
+ENDINGS = (b"hello", b"0\r\n\r\n")
+
+def run_scenarios(port, events):
+    out = {}
+    for name, head, pieces in SCENARIOS:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(head)
+        for piece in pieces:
+            time.sleep(0.1)
+            sock.sendall(piece)
+        if name != "abort":
+            data = b""
+            while not data.endswith(ENDINGS):
+                more = sock.recv(65536)
+                if not more:
+                    break
+                data += more
+        time.sleep(0.1)
+        sock.close()
+        time.sleep(0.2)
+        out[name] = list(events)
+        del events[:]
+    return out
+"""
+
+LIBSOUP_SIGNALS = r"""
+import json, threading
+import gi
+gi.require_version("Soup", "3.0")
+from gi.repository import GLib, Soup
+
+EVENTS = []
+STOLEN = []
+
+def early(server, msg, path, query, *data):
+    EVENTS.append("early")
+    for name in ("got-headers", "got-chunk", "got-body", "wrote-headers", "wrote-chunk",
+                 "wrote-body", "finished", "disconnected"):
+        if name == "got-chunk":
+            msg.connect(name, lambda m, chunk: EVENTS.append("got-chunk(%d)" % chunk.get_size()))
+        else:
+            msg.connect(name, lambda m, *a, name=name: EVENTS.append(name))
+
+def handler(server, msg, path, query, *data):
+    EVENTS.append("handler(%d)" % msg.get_request_body().length)
+    msg.set_status(200, None)
+    if path == "/stream":
+        msg.get_response_headers().set_encoding(Soup.Encoding.CHUNKED)
+        body = msg.get_response_body()
+        more = iter([b"more", b"more", None])
+        def next_chunk(m):
+            data = next(more)
+            if data is None:
+                body.complete()
+            else:
+                body.append_bytes(GLib.Bytes.new(data))
+        msg.connect("wrote-chunk", next_chunk)
+        body.append_bytes(GLib.Bytes.new(b"first"))
+    elif path == "/steal":
+        stream = msg.steal_connection()
+        STOLEN.append(stream)
+        stream.get_output_stream().write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\nhello", None)
+        stream.close(None)
+    else:
+        msg.set_response("text/plain", Soup.MemoryUse.COPY, b"hello")
+
+server = Soup.Server()
+server.connect("request-started", lambda s, m: EVENTS.append("S:request-started"))
+for name in ("request-read", "request-finished", "request-aborted"):
+    server.connect(name, lambda s, m, name=name: EVENTS.append("S:" + name))
+server.add_early_handler(None, early)
+server.add_handler(None, handler)
+server.listen_local(0, Soup.ServerListenOptions.IPV4_ONLY)
+port = server.get_uris()[0].get_port()
+loop = GLib.MainLoop()
+RESULT = {}
+
+def client():
+    try:
+        RESULT.update(run_scenarios(port, EVENTS))
+    finally:
+        GLib.idle_add(loop.quit)
+
+threading.Thread(target=client, daemon=True).start()
+loop.run()
+print(json.dumps(RESULT))
+"""
+
+
+def _minisoup_signal_events(client_ns):
+    events = []
+
+    def early(server, msg, path, query, user_data):
+        events.append("early")
+        for name in minisoup.ServerMessage.SIGNALS:
+            if name == "got-chunk":
+                msg.connect(name, lambda m, data: events.append("got-chunk(%d)" % len(data)))
+            else:
+                msg.connect(name, lambda m, name=name: events.append(name))
+
+    def handler(server, msg, path, query, user_data):
+        events.append("handler(%d)" % len(msg.get_request_body()))
+        msg.set_status(200)
+        if path == "/stream":
+            msg.get_response_headers().set_encoding(minisoup.Encoding.CHUNKED)
+            body = msg.get_response_body()
+            more = iter([b"more", b"more", None])
+
+            def next_chunk(m):
+                data = next(more)
+                if data is None:
+                    body.complete()
+                else:
+                    body.append(data)
+            msg.connect("wrote-chunk", next_chunk)
+            body.append(b"first")
+        elif path == "/steal":
+            sock = msg.steal_connection()
+            sock.setblocking(True)
+            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\n\r\nhello")
+            sock.close()
+        else:
+            msg.set_response("text/plain", b"hello")
+
+    server = minisoup.Server()
+    server.connect("request-started", lambda s, m: events.append("S:request-started"))
+    for name in ("request-read", "request-finished", "request-aborted"):
+        server.connect(name, lambda s, m, name=name: events.append("S:" + name))
+    server.add_early_handler(None, early)
+    server.add_handler(None, handler)
+    with running(server) as port:
+        return client_ns["run_scenarios"](port, events)
+
+
+def test_same_message_signal_order_as_libsoup():
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", SIGNALS_CLIENT + LIBSOUP_SIGNALS],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    theirs = json.loads(proc.stdout)
+    client_ns = {}
+    exec(SIGNALS_CLIENT, client_ns)
+    ours = _minisoup_signal_events(client_ns)
+    assert set(ours) == set(theirs)
+    for name in theirs:
+        assert ours[name] == theirs[name], name
