@@ -106,7 +106,7 @@ class WebsocketConnection(SignalEmitter):
         self._uri = uri
         self._origin = origin
         self._protocol = protocol
-        self._extensions = list(extensions) if extensions else []
+        self._extensions = tuple(extensions) if extensions else ()  # () is shared
         is_server = self._type == WebsocketConnectionType.SERVER
         # The limit lives here too: the parser is dropped on close and replaced on failure,
         # and the getter must keep answering.
