@@ -9,6 +9,7 @@ timers come from ``clock.call_later``. The frame format itself is ``frames.py``.
 import enum
 import logging
 import secrets
+import struct
 from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Union
 
 from .errors import Error
@@ -70,6 +71,14 @@ class WebsocketError(Error):
 _OPEN = WebsocketState.OPEN
 _CLOSING = WebsocketState.CLOSING
 _CLOSED = WebsocketState.CLOSED
+_TEXT = WebsocketDataType.TEXT
+_BINARY = WebsocketDataType.BINARY
+_CLIENT = WebsocketConnectionType.CLIENT
+_SERVER = WebsocketConnectionType.SERVER
+# The 2-byte header of an unmasked final frame of up to 125 bytes, by opcode and length.
+_SMALL_HEADER = struct.Struct("!BB").pack
+_SMALL_PAYLOAD = 126
+_FIN = 0x80
 
 
 class WebsocketConnection(SignalEmitter):
@@ -275,22 +284,38 @@ class WebsocketConnection(SignalEmitter):
 
     def send_message(self, type: WebsocketDataType, data: Union[str, bytes]) -> None:
         """Queue one message of ``type``; never blocks. Ignored (with a warning) unless OPEN."""
-        if self._state != _OPEN:
+        if self._state is not _OPEN:
             log.warning("WebSocket send ignored: connection is %s", self._state.name)
             return
-        if isinstance(data, str):
+        if data.__class__ is str:
             data = data.encode("utf-8")
+        elif isinstance(data, str):
+            data = str(data).encode("utf-8")
         elif type == _OP_TEXT:
             data = bytes(data)
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError("send_message(TEXT, ...) with bytes that are not UTF-8")
-        rsv = 0
-        for ext in self._extensions:
-            data, ext_rsv = ext.encode(data)
-            rsv |= ext_rsv
-        self._send_frame(int(type), data, rsv)
+        if self._extensions:
+            rsv = 0
+            for ext in self._extensions:
+                data, ext_rsv = ext.encode(data)
+                rsv |= ext_rsv
+            self._send_frame(int(type), data, rsv)
+            return
+        opcode = int(type)
+        length = len(data)
+        if length < _SMALL_PAYLOAD and self._type is _SERVER and opcode in (_OP_TEXT, _OP_BINARY):
+            # Hot path (the 64-byte echo): a small server frame, its header packed here.
+            transport = self.transport
+            limit = self._write_buffer_limit
+            if (limit and transport.get_write_buffer_size() > limit
+                    and self._write_limit_exceeded()):
+                return
+            transport.write(_SMALL_HEADER(_FIN | opcode, length) + data)
+            return
+        self._send_frame(opcode, data, 0)
 
     def ping(self, data: bytes = b"") -> None:
         """Send a ping (payload at most 125 bytes); the answer is the ``pong`` signal."""
@@ -299,7 +324,7 @@ class WebsocketConnection(SignalEmitter):
 
     def _send_frame(self, opcode: int, payload: Any, rsv: int) -> None:
         # Hot path: one header, no copy of large payloads, one write call.
-        if self._type == WebsocketConnectionType.CLIENT:
+        if self._type is _CLIENT:
             key = secrets.token_bytes(4)
             header = frame_header(opcode, len(payload), True, rsv, key)
             payload = apply_mask(payload, key)
@@ -472,9 +497,9 @@ class WebsocketConnection(SignalEmitter):
                 data = payload.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ProtocolError(CloseCode.BAD_DATA, "invalid UTF-8 in text message: %s" % exc)
-            self.emit("message", WebsocketDataType.TEXT, data)
+            self.emit("message", _TEXT, data)
         else:
-            self.emit("message", WebsocketDataType.BINARY, bytes(payload))
+            self.emit("message", _BINARY, payload)  # the parser hands out bytes
 
     def _handle_control(self, opcode: int, payload: bytes) -> None:
         if opcode == _OP_PING:
