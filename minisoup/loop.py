@@ -300,6 +300,19 @@ class Loop:
         self._wake_w.close()
 
 
+def _unbound(protocol: Any, name: str) -> Optional[Callable[[Any], Any]]:
+    """The optional method ``name`` of ``protocol`` as a function to call with the protocol,
+    or None. Its class's function where it has one: a bound method kept per connection
+    would cost 64 bytes for as long as the connection lives (idle WebSockets)."""
+    function = getattr(type(protocol), name, None)
+    if function is None:
+        bound = getattr(protocol, name, None)  # an instance attribute: rare, kept bound
+        if bound is None:
+            return None
+        return lambda _protocol: bound()
+    return function
+
+
 class SocketTransport:
     """A non-blocking connected socket with a write buffer, driving one protocol object.
 
@@ -321,8 +334,8 @@ class SocketTransport:
         self._sock = sock
         self._protocol: Optional[StreamProtocol] = protocol
         # Optional protocol methods, looked up once (a missing attribute costs an exception).
-        self._get_buffer = getattr(protocol, "get_buffer", None)
-        self._write_drained = getattr(protocol, "write_drained", None)
+        self._get_buffer = _unbound(protocol, "get_buffer")
+        self._write_drained = _unbound(protocol, "write_drained")
         self._wbuf: Optional[Deque[Buffer]] = None  # created on the first short write
         self._wsize = 0
         self._closing = False
@@ -352,8 +365,8 @@ class SocketTransport:
     def set_protocol(self, protocol: StreamProtocol) -> None:
         """Hand the byte stream to another protocol (the WebSocket upgrade)."""
         self._protocol = protocol
-        self._get_buffer = getattr(protocol, "get_buffer", None)
-        self._write_drained = getattr(protocol, "write_drained", None)
+        self._get_buffer = _unbound(protocol, "get_buffer")
+        self._write_drained = _unbound(protocol, "write_drained")
 
     def get_socket(self) -> socket.socket:
         """The connected socket (to inspect it; the transport still owns it)."""
@@ -432,7 +445,8 @@ class SocketTransport:
     def _on_read(self) -> None:
         # A protocol with get_buffer() may name where the bytes go (the rest of a big
         # WebSocket payload): received there, with no copy; else into the loop's buffer.
-        target = self._get_buffer() if self._get_buffer is not None else None
+        get_buffer = self._get_buffer
+        target = get_buffer(self._protocol) if get_buffer is not None else None
         try:
             n = self._sock.recv_into(self._read_buffer if target is None else target)
         except (BlockingIOError, InterruptedError):
@@ -562,7 +576,7 @@ class SocketTransport:
         if self._shut_wr:
             self._do_shutdown()
         if self._write_drained is not None:
-            self._write_drained()
+            self._write_drained(self._protocol)
 
     # -- closing ------------------------------------------------------------------
     def close(self) -> None:

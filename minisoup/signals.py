@@ -22,6 +22,12 @@ class _LastCallback(threading.local):
 last_callback = _LastCallback()
 
 
+def new_handler_id() -> int:
+    """A fresh signal handler id, unique in the process (for emitters that keep their
+    handlers in their own compact form, as ``websocket.WebsocketConnection``)."""
+    return next(_ids)
+
+
 class SignalEmitter:
     """Mixin giving an object libsoup's signal API.
 
@@ -43,7 +49,7 @@ class SignalEmitter:
                              % (type(self).__name__, name, ", ".join(self.SIGNALS)))
         if not callable(callback):
             raise TypeError("callback must be callable")
-        handler_id = next(_ids)
+        handler_id = new_handler_id()
         self._handlers_map().setdefault(name, []).append((handler_id, callback, user_data))
         return handler_id
 

@@ -9,13 +9,14 @@ timers come from ``clock.call_later``. The frame format itself is ``frames.py``.
 import enum
 import logging
 import secrets
+import struct
 from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Union
 
 from .errors import Error
 from .frames import (CloseCode, FrameParser, Opcode, ProtocolError, Utf8Validator,
                      build_close_payload, frame_header, is_valid_close_code,
                      parse_close_payload, apply_mask)
-from .signals import SignalEmitter
+from .signals import SignalEmitter, last_callback, new_handler_id
 
 log = logging.getLogger("minisoup")
 
@@ -70,6 +71,14 @@ class WebsocketError(Error):
 _OPEN = WebsocketState.OPEN
 _CLOSING = WebsocketState.CLOSING
 _CLOSED = WebsocketState.CLOSED
+_TEXT = WebsocketDataType.TEXT
+_BINARY = WebsocketDataType.BINARY
+_CLIENT = WebsocketConnectionType.CLIENT
+_SERVER = WebsocketConnectionType.SERVER
+# The 2-byte header of an unmasked final frame of up to 125 bytes, by opcode and length.
+_SMALL_HEADER = struct.Struct("!BB").pack
+_SMALL_PAYLOAD = 126
+_FIN = 0x80
 
 
 class WebsocketConnection(SignalEmitter):
@@ -106,7 +115,7 @@ class WebsocketConnection(SignalEmitter):
         self._uri = uri
         self._origin = origin
         self._protocol = protocol
-        self._extensions = list(extensions) if extensions else []
+        self._extensions = tuple(extensions) if extensions else ()  # () is shared
         is_server = self._type == WebsocketConnectionType.SERVER
         # The limit lives here too: the parser is dropped on close and replaced on failure,
         # and the getter must keep answering.
@@ -135,15 +144,53 @@ class WebsocketConnection(SignalEmitter):
         self._close_timeout = close_timeout
         self._write_buffer_limit = write_buffer_limit
         self._on_closed = on_closed
-        self._signals = None  # created on the first connect(): idle connections stay small
+        self._signals: Optional[tuple] = None  # see connect()
         self._discarding = False
         self._remote = remote  # the peer's address, for get_remote_address() and the logs
         self._pubsub = None  # the server's pubsub.PubSub (attach_pubsub), server side only
 
-    def _handlers_map(self) -> dict:
-        if self._signals is None:
-            self._signals = {}
-        return self._signals
+    # -- signals ----------------------------------------------------------------------------
+    # SignalEmitter's API, with the handlers kept compactly: one tuple of
+    # ``(name, handler_id, callback, user_data)`` entries (None without any), replaced on
+    # each change, never mutated. SignalEmitter's dict of lists held ~340 bytes for the one
+    # "message" handler of an idle connection (dict, list, entry tuple); this holds ~130.
+    # Immutability also lets emit() iterate without copying, with the same semantics:
+    # a handler connected or disconnected during an emission takes effect at the next one.
+    def connect(self, name: str, callback: Callable[..., Any], *user_data: Any) -> int:
+        """Call ``callback(self, *args, *user_data)`` on each emission of ``name``;
+        returns an id for :meth:`disconnect_signal`."""
+        if name not in self.SIGNALS:
+            raise ValueError("%s has no signal %r (signals: %s)"
+                             % (type(self).__name__, name, ", ".join(self.SIGNALS)))
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        handler_id = new_handler_id()
+        self._signals = (self._signals or ()) + ((name, handler_id, callback, user_data),)
+        return handler_id
+
+    def disconnect_signal(self, handler_id: int) -> None:
+        """Remove the callback with this id (``KeyError`` if there is none)."""
+        entries = self._signals or ()
+        kept = tuple(entry for entry in entries if entry[1] != handler_id)
+        if len(kept) == len(entries):
+            raise KeyError("no signal handler with id %r" % handler_id)
+        self._signals = kept or None
+
+    def emit(self, name: str, *args: Any) -> None:
+        """Call every callback connected to ``name``, in the order they were connected."""
+        # Hot path (every message): a scan of a tuple of a few entries.
+        entries = self._signals
+        if entries is None:
+            return
+        for entry_name, _id, callback, user_data in entries:
+            if entry_name != name:
+                continue
+            last_callback.value = callback
+            try:
+                callback(self, *args, *user_data)
+            except Exception as exc:
+                log.exception("exception in %r signal handler %r", name, callback)
+                self._signal_callback_failed(name, exc)
 
     # -- properties ---------------------------------------------------------------------
     def get_state(self) -> WebsocketState:
@@ -237,22 +284,38 @@ class WebsocketConnection(SignalEmitter):
 
     def send_message(self, type: WebsocketDataType, data: Union[str, bytes]) -> None:
         """Queue one message of ``type``; never blocks. Ignored (with a warning) unless OPEN."""
-        if self._state != _OPEN:
+        if self._state is not _OPEN:
             log.warning("WebSocket send ignored: connection is %s", self._state.name)
             return
-        if isinstance(data, str):
+        if data.__class__ is str:
             data = data.encode("utf-8")
+        elif isinstance(data, str):
+            data = str(data).encode("utf-8")
         elif type == _OP_TEXT:
             data = bytes(data)
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError("send_message(TEXT, ...) with bytes that are not UTF-8")
-        rsv = 0
-        for ext in self._extensions:
-            data, ext_rsv = ext.encode(data)
-            rsv |= ext_rsv
-        self._send_frame(int(type), data, rsv)
+        if self._extensions:
+            rsv = 0
+            for ext in self._extensions:
+                data, ext_rsv = ext.encode(data)
+                rsv |= ext_rsv
+            self._send_frame(int(type), data, rsv)
+            return
+        opcode = int(type)
+        length = len(data)
+        if length < _SMALL_PAYLOAD and self._type is _SERVER and opcode in (_OP_TEXT, _OP_BINARY):
+            # Hot path (the 64-byte echo): a small server frame, its header packed here.
+            transport = self.transport
+            limit = self._write_buffer_limit
+            if (limit and transport.get_write_buffer_size() > limit
+                    and self._write_limit_exceeded()):
+                return
+            transport.write(_SMALL_HEADER(_FIN | opcode, length) + data)
+            return
+        self._send_frame(opcode, data, 0)
 
     def ping(self, data: bytes = b"") -> None:
         """Send a ping (payload at most 125 bytes); the answer is the ``pong`` signal."""
@@ -261,7 +324,7 @@ class WebsocketConnection(SignalEmitter):
 
     def _send_frame(self, opcode: int, payload: Any, rsv: int) -> None:
         # Hot path: one header, no copy of large payloads, one write call.
-        if self._type == WebsocketConnectionType.CLIENT:
+        if self._type is _CLIENT:
             key = secrets.token_bytes(4)
             header = frame_header(opcode, len(payload), True, rsv, key)
             payload = apply_mask(payload, key)
@@ -434,9 +497,9 @@ class WebsocketConnection(SignalEmitter):
                 data = payload.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ProtocolError(CloseCode.BAD_DATA, "invalid UTF-8 in text message: %s" % exc)
-            self.emit("message", WebsocketDataType.TEXT, data)
+            self.emit("message", _TEXT, data)
         else:
-            self.emit("message", WebsocketDataType.BINARY, bytes(payload))
+            self.emit("message", _BINARY, payload)  # the parser hands out bytes
 
     def _handle_control(self, opcode: int, payload: bytes) -> None:
         if opcode == _OP_PING:

@@ -323,3 +323,31 @@ def test_set_protocol_picks_up_the_new_protocols_get_buffer():
     transport.abort()
     peer.close()
     loop.close()
+
+
+def test_handing_over_to_a_protocol_with_optional_methods_allocates_nothing_per_connection():
+    # Idle memory (issue 15): the transport used to keep a bound get_buffer method (64
+    # bytes) for as long as an upgraded connection lived.
+    import tracemalloc
+    loop = Loop()
+    pairs = [make_pair(loop) for _ in range(100)]
+    protocols = [Direct(room=4) for _ in pairs]
+    try:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for (transport, _first, _peer), proto in zip(pairs, protocols):
+                transport.set_protocol(proto)
+            per_conn = (tracemalloc.get_traced_memory()[0] - before) / len(pairs)
+        finally:
+            tracemalloc.stop()
+        assert per_conn < 16, per_conn
+        transport, _first, peer = pairs[0]
+        peer.sendall(b"abcdef")
+        run_until(loop, lambda: protocols[0].data)
+        assert bytes(protocols[0].store) == b"abcd" and protocols[0].data == [b"ef"]
+    finally:
+        for transport, _first, peer in pairs:
+            transport.abort()
+            peer.close()
+        loop.close()

@@ -279,3 +279,50 @@ def test_close_refuses_codes_that_cannot_be_sent(code):
     else:
         with pytest.raises(ValueError):
             conn.close(code)
+
+
+def test_signal_handlers_connect_disconnect_and_emission_order():
+    transport, clock = FakeTransport(), FakeClock()
+    conn = WebsocketConnection(transport, WebsocketConnectionType.SERVER, clock)
+    transport.set_protocol(conn)
+    seen = []
+    first = conn.connect("message", lambda c, t, d, tag: seen.append((tag, d)), "first")
+
+    def second(c, t, d):
+        seen.append(("second", d))
+        # Connected during an emission: runs from the next one on (as SignalEmitter).
+        conn.connect("message", lambda c, t, d: seen.append(("late", d)))
+
+    second_id = conn.connect("message", second)
+    conn.data_received(client_frame(Opcode.BINARY, b"1"))
+    assert seen == [("first", b"1"), ("second", b"1")]
+    conn.disconnect_signal(first)
+    conn.disconnect_signal(second_id)
+    with pytest.raises(KeyError):
+        conn.disconnect_signal(first)
+    with pytest.raises(ValueError):
+        conn.connect("no-such-signal", print)
+    seen.clear()
+    conn.data_received(client_frame(Opcode.BINARY, b"2"))
+    assert seen == [("late", b"2")]
+
+
+def test_one_message_handler_costs_an_idle_connection_little_memory():
+    # Idle memory (issue 15): an application's one "message" handler used to cost a dict,
+    # a list and a tuple per connection (~340 bytes).
+    import tracemalloc
+
+    def echo(conn, kind, data):
+        conn.send_message(kind, data)
+
+    conns = [WebsocketConnection(FakeTransport(), WebsocketConnectionType.SERVER, FakeClock())
+             for _ in range(200)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for conn in conns:
+            conn.connect("message", echo)
+        per_conn = (tracemalloc.get_traced_memory()[0] - before) / len(conns)
+    finally:
+        tracemalloc.stop()
+    assert per_conn < 200, per_conn
