@@ -267,9 +267,10 @@ class _LoopThread:
         self.loop.wakeup()
 
 
-def _bio_client_over(sock):
+def _bio_client_over(sock, with_incoming=False):
     """A TLS client as an SSLObject over ``sock`` (blocking), handshake done: its
-    records can be built first and sent in one ``sendall``."""
+    records can be built first and sent in one ``sendall``. ``(obj, outgoing)``, or
+    ``(obj, incoming, outgoing)`` with ``with_incoming``."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
     while True:
@@ -282,7 +283,7 @@ def _bio_client_over(sock):
             incoming.write(sock.recv(65536))
     if outgoing.pending:
         sock.sendall(outgoing.read())
-    return obj, outgoing
+    return (obj, incoming, outgoing) if with_incoming else (obj, outgoing)
 
 
 @pytest.mark.parametrize("pause_first", [False, True], ids=["reading", "paused-then-resumed"])
@@ -324,6 +325,61 @@ def test_records_held_by_the_tls_layer_are_delivered_without_another_packet(paus
         client_sock.shutdown(socket.SHUT_WR)
         assert protocol.eof.wait(T)
         runner.call(protocol.transport.close)
+        assert protocol.lost.wait(T)
+    finally:
+        runner.stop()
+        runner.loop.close()
+        client_sock.close()
+
+
+def test_a_big_write_is_encrypted_as_the_socket_takes_it():
+    """4 MiB written to a peer that does not read: get_write_buffer_size counts all of
+    it, but only about one piece of ciphertext is made ahead of the socket (before, a
+    fresh 4 MiB of it, which malloc took from the kernel for each big message). Once
+    the peer reads, everything arrives in order, then close_notify (close() was
+    called meanwhile)."""
+    import tracemalloc
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(T)
+    runner = _LoopThread()
+    protocol = _Recorder()
+    context = create_server_context(SERVER_CERT, SERVER_KEY)
+    big = os.urandom(4 * 1024 * 1024)
+    try:
+        server_sock.setblocking(False)
+        transport = protocol.transport = TLSTransport(runner.loop, server_sock, protocol,
+                                                      context)
+        runner.start()
+        client, incoming, outgoing = _bio_client_over(client_sock, with_incoming=True)
+        client.write(b"hello")
+        client_sock.sendall(outgoing.read())
+        wait_for(lambda: len(protocol.got) == 5, what="handshake done on the server")
+        runner.stop()           # the loop's thread is idle: write from this one
+        tracemalloc.start()
+        try:
+            transport.writelines([b"head", big])
+            transport.write(b"tail")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert transport.get_write_buffer_size() > 3 * 1024 * 1024
+        assert peak < 1024 * 1024, "%d bytes allocated to encrypt ahead" % peak
+        transport.close()
+        runner.start()
+        got = bytearray()
+        while True:
+            try:
+                data = client.read(1 << 20)
+                if not data:
+                    break       # close_notify, after all the data
+                got += data
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            data = client_sock.recv(1 << 20)
+            assert data, "connection closed without close_notify"
+            incoming.write(data)
+        assert bytes(got) == b"head" + big + b"tail"
         assert protocol.lost.wait(T)
     finally:
         runner.stop()
