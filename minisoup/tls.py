@@ -364,7 +364,9 @@ class TLSTransport:
         try:
             exhausted = False
             while self._reading and not self._lost and not self._closing:
-                if self._read_plaintext() is None:
+                # Nothing decrypted nor received left: done, without the
+                # SSLWantReadError that asking OpenSSL would raise (~1 us each).
+                if not self._has_plaintext() or self._read_plaintext() is None:
                     exhausted = True   # OpenSSL wants more ciphertext, or the stream ended
                     break
             if exhausted and self._eof == _EOF_SEEN:
@@ -399,6 +401,7 @@ class TLSTransport:
     def _fill(self, buf: memoryview) -> int:
         """Decrypt into ``buf`` as many records as fit; -1 after a fatal error."""
         sslobj = self._sslobj
+        incoming = self._incoming
         size = len(buf)
         total = 0
         while total < size:
@@ -424,10 +427,14 @@ class TLSTransport:
                     self._eof = _EOF_SEEN
                 break
             total += n
+            if not (incoming.pending or sslobj.pending()):
+                break   # asking for more would only raise SSLWantReadError
         return total
 
     def _has_plaintext(self) -> bool:
-        return bool(self._sslobj.pending() or self._incoming.pending)
+        # Records not yet read: decrypted (pending()), or ciphertext still in the BIO
+        # (perhaps an incomplete record: then a read only asks for more).
+        return bool(self._incoming.pending or self._sslobj.pending())
 
     def _schedule_deliver(self) -> None:
         if self._drain_handle is None and not self._delivering:
