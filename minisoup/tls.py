@@ -193,7 +193,8 @@ class TLSTransport:
 
     Behaves as ``SocketTransport`` for the app: ``write`` never blocks;
     ``get_write_buffer_size`` counts what is not on the wire yet (plaintext waiting
-    for the handshake or a cork, plus ciphertext the kernel has not taken);
+    for the handshake, a cork or the socket, plus ciphertext the kernel has not
+    taken; a big write is encrypted a piece at a time, as the socket takes it);
     ``cork_reads`` batches the writes made while handling one read into one TLS
     record; ``pause_reading`` stops delivering (and reading the socket), and
     ``resume_reading`` delivers what the TLS layer already holds before waiting for
