@@ -1024,16 +1024,23 @@ def test_headless_chromium_over_wss():
         msg.set_response("text/html", CHROMIUM_PAGE)
 
     server.add_handler("/", page)
-    with running(server) as port, tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                                 "--ignore-certificate-errors", "--user-data-dir=" + profile,
-                                 "--remote-debugging-port=0", "https://127.0.0.1:%d/" % port],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: closed, timeout=30, what="Chromium's close")
-        finally:
-            proc.kill()
-            proc.wait(T)
+    profile = tempfile.mkdtemp()
+    try:
+        with running(server) as port:
+            proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                                     "--ignore-certificate-errors", "--user-data-dir=" + profile,
+                                     "--remote-debugging-port=0",
+                                     "https://127.0.0.1:%d/" % port],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                wait_for(lambda: closed, timeout=30, what="Chromium's close")
+            finally:
+                # Its helper processes too: they write to the profile until they die.
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(T)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
     assert closed == [(4002, "chromium done 0,1,254,255")]
 
 
