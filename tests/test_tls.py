@@ -429,6 +429,55 @@ def test_a_big_write_is_encrypted_as_the_socket_takes_it():
         client_sock.close()
 
 
+def test_write_drained_comes_once_the_last_piece_is_on_the_wire():
+    """A big write waits in pieces for the socket; the protocol's write_drained is
+    called once all of it is sent (the pieces in between are the TLS layer's own)."""
+    class Draining(_Recorder):
+        def __init__(self):
+            super().__init__()
+            self.drained = threading.Event()
+
+        def write_drained(self):
+            self.drained.set()
+
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(T)
+    runner = _LoopThread()
+    protocol = Draining()
+    big = os.urandom(2 * 1024 * 1024)
+    try:
+        server_sock.setblocking(False)
+        transport = protocol.transport = TLSTransport(
+            runner.loop, server_sock, protocol, create_server_context(SERVER_CERT, SERVER_KEY))
+        runner.start()
+        client, incoming, outgoing = _bio_client_over(client_sock, with_incoming=True)
+        client.write(b"hello")
+        client_sock.sendall(outgoing.read())
+        wait_for(lambda: len(protocol.got) == 5, what="handshake done on the server")
+        protocol.drained.clear()
+        runner.call(transport.write, big)
+        time.sleep(0.2)
+        assert not protocol.drained.is_set()   # the peer has not read yet
+        assert transport.get_write_buffer_size() > 1024 * 1024
+        got = bytearray()
+        while len(got) < len(big):
+            try:
+                got += client.read(1 << 20)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            incoming.write(client_sock.recv(1 << 20))
+        assert bytes(got) == big
+        assert protocol.drained.wait(T)
+        assert transport.get_write_buffer_size() == 0
+        runner.call(transport.abort)
+        assert protocol.lost.wait(T)
+    finally:
+        runner.stop()
+        runner.loop.close()
+        client_sock.close()
+
+
 # -- HTTPS -------------------------------------------------------------------------------
 def test_https_get_post_keep_alive_with_http_client():
     server = tls_server()
