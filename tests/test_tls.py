@@ -267,9 +267,10 @@ class _LoopThread:
         self.loop.wakeup()
 
 
-def _bio_client_over(sock):
+def _bio_client_over(sock, with_incoming=False):
     """A TLS client as an SSLObject over ``sock`` (blocking), handshake done: its
-    records can be built first and sent in one ``sendall``."""
+    records can be built first and sent in one ``sendall``. ``(obj, outgoing)``, or
+    ``(obj, incoming, outgoing)`` with ``with_incoming``."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
     while True:
@@ -282,7 +283,7 @@ def _bio_client_over(sock):
             incoming.write(sock.recv(65536))
     if outgoing.pending:
         sock.sendall(outgoing.read())
-    return obj, outgoing
+    return (obj, incoming, outgoing) if with_incoming else (obj, outgoing)
 
 
 @pytest.mark.parametrize("pause_first", [False, True], ids=["reading", "paused-then-resumed"])
@@ -324,6 +325,152 @@ def test_records_held_by_the_tls_layer_are_delivered_without_another_packet(paus
         client_sock.shutdown(socket.SHUT_WR)
         assert protocol.eof.wait(T)
         runner.call(protocol.transport.close)
+        assert protocol.lost.wait(T)
+    finally:
+        runner.stop()
+        runner.loop.close()
+        client_sock.close()
+
+
+def test_records_arriving_one_by_one_are_read_without_a_failing_read():
+    """A record alone in its packet is delivered with one read: the TLS layer does not
+    ask OpenSSL again when it holds nothing more (each SSLWantReadError raised costs
+    ~1 us, two per small WebSocket message before)."""
+    calls = {"want_read": 0}
+
+    class CountingSSLObject(ssl.SSLObject):
+        def read(self, len=1024, buffer=None):
+            try:
+                return super().read(len, buffer)
+            except ssl.SSLWantReadError:
+                calls["want_read"] += 1
+                raise
+
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(T)
+    runner = _LoopThread()
+    protocol = _Recorder()
+    context = create_server_context(SERVER_CERT, SERVER_KEY)
+    context.sslobject_class = CountingSSLObject
+    try:
+        server_sock.setblocking(False)
+        protocol.transport = TLSTransport(runner.loop, server_sock, protocol, context)
+        runner.start()
+        client, outgoing = _bio_client_over(client_sock)
+        client.write(b"first")
+        client_sock.sendall(outgoing.read())
+        wait_for(lambda: len(protocol.got) == 5, what="the first record delivered")
+        calls["want_read"] = 0   # the handshake's own are not counted
+        for i in range(20):
+            client.write(b"%02d" % i + b"x" * 62)
+            client_sock.sendall(outgoing.read())
+            wait_for(lambda: len(protocol.got) == 5 + 64 * (i + 1), what="record delivered")
+        assert calls["want_read"] == 0
+        runner.call(protocol.transport.abort)
+        assert protocol.lost.wait(T)
+    finally:
+        runner.stop()
+        runner.loop.close()
+        client_sock.close()
+
+
+def test_a_big_write_is_encrypted_as_the_socket_takes_it():
+    """4 MiB written to a peer that does not read: get_write_buffer_size counts all of
+    it, but only about one piece of ciphertext is made ahead of the socket (before, a
+    fresh 4 MiB of it, which malloc took from the kernel for each big message). Once
+    the peer reads, everything arrives in order, then close_notify (close() was
+    called meanwhile)."""
+    import tracemalloc
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(T)
+    runner = _LoopThread()
+    protocol = _Recorder()
+    context = create_server_context(SERVER_CERT, SERVER_KEY)
+    big = os.urandom(4 * 1024 * 1024)
+    try:
+        server_sock.setblocking(False)
+        transport = protocol.transport = TLSTransport(runner.loop, server_sock, protocol,
+                                                      context)
+        runner.start()
+        client, incoming, outgoing = _bio_client_over(client_sock, with_incoming=True)
+        client.write(b"hello")
+        client_sock.sendall(outgoing.read())
+        wait_for(lambda: len(protocol.got) == 5, what="handshake done on the server")
+        runner.stop()           # the loop's thread is idle: write from this one
+        tracemalloc.start()
+        try:
+            transport.writelines([b"head", big])
+            transport.write(b"tail")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert transport.get_write_buffer_size() > 3 * 1024 * 1024
+        assert peak < 1024 * 1024, "%d bytes allocated to encrypt ahead" % peak
+        transport.close()
+        runner.start()
+        got = bytearray()
+        while True:
+            try:
+                data = client.read(1 << 20)
+                if not data:
+                    break       # close_notify, after all the data
+                got += data
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            data = client_sock.recv(1 << 20)
+            assert data, "connection closed without close_notify"
+            incoming.write(data)
+        assert bytes(got) == b"head" + big + b"tail"
+        assert protocol.lost.wait(T)
+    finally:
+        runner.stop()
+        runner.loop.close()
+        client_sock.close()
+
+
+def test_write_drained_comes_once_the_last_piece_is_on_the_wire():
+    """A big write waits in pieces for the socket; the protocol's write_drained is
+    called once all of it is sent (the pieces in between are the TLS layer's own)."""
+    class Draining(_Recorder):
+        def __init__(self):
+            super().__init__()
+            self.drained = threading.Event()
+
+        def write_drained(self):
+            self.drained.set()
+
+    server_sock, client_sock = socket.socketpair()
+    client_sock.settimeout(T)
+    runner = _LoopThread()
+    protocol = Draining()
+    big = os.urandom(2 * 1024 * 1024)
+    try:
+        server_sock.setblocking(False)
+        transport = protocol.transport = TLSTransport(
+            runner.loop, server_sock, protocol, create_server_context(SERVER_CERT, SERVER_KEY))
+        runner.start()
+        client, incoming, outgoing = _bio_client_over(client_sock, with_incoming=True)
+        client.write(b"hello")
+        client_sock.sendall(outgoing.read())
+        wait_for(lambda: len(protocol.got) == 5, what="handshake done on the server")
+        protocol.drained.clear()
+        runner.call(transport.write, big)
+        time.sleep(0.2)
+        assert not protocol.drained.is_set()   # the peer has not read yet
+        assert transport.get_write_buffer_size() > 1024 * 1024
+        got = bytearray()
+        while len(got) < len(big):
+            try:
+                got += client.read(1 << 20)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            incoming.write(client_sock.recv(1 << 20))
+        assert bytes(got) == big
+        assert protocol.drained.wait(T)
+        assert transport.get_write_buffer_size() == 0
+        runner.call(transport.abort)
         assert protocol.lost.wait(T)
     finally:
         runner.stop()
@@ -927,16 +1074,23 @@ def test_headless_chromium_over_wss():
         msg.set_response("text/html", CHROMIUM_PAGE)
 
     server.add_handler("/", page)
-    with running(server) as port, tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                                 "--ignore-certificate-errors", "--user-data-dir=" + profile,
-                                 "--remote-debugging-port=0", "https://127.0.0.1:%d/" % port],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: closed, timeout=30, what="Chromium's close")
-        finally:
-            proc.kill()
-            proc.wait(T)
+    profile = tempfile.mkdtemp()
+    try:
+        with running(server) as port:
+            proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                                     "--ignore-certificate-errors", "--user-data-dir=" + profile,
+                                     "--remote-debugging-port=0",
+                                     "https://127.0.0.1:%d/" % port],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                wait_for(lambda: closed, timeout=30, what="Chromium's close")
+            finally:
+                # Its helper processes too: they write to the profile until they die.
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(T)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
     assert closed == [(4002, "chromium done 0,1,254,255")]
 
 
