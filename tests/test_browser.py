@@ -38,11 +38,11 @@ class Browser:
 
     def __init__(self, binary):
         self.port = _free_port()
-        self.profile = tempfile.TemporaryDirectory()
+        self.profile = tempfile.mkdtemp(prefix="minisoup-chromium-")
         self.proc = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=%d" % self.port,
-             "--user-data-dir=" + self.profile.name, "about:blank"],
+             "--user-data-dir=" + self.profile, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.tabs = []
         self._id = 0
@@ -101,7 +101,8 @@ class Browser:
         except ProcessLookupError:
             pass
         self.proc.wait(T)
-        self.profile.cleanup()
+        # Chromium's helper processes may still be writing there as they die.
+        shutil.rmtree(self.profile, ignore_errors=True)
 
 
 @pytest.fixture
