@@ -20,9 +20,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from .errors import Error
 from .grammar import (CTL_EXCEPT_HTAB, HEAD_CTL_BYTES, TCHAR, TOKEN_BYTES, is_host, list_contains,
                       split_list)
-from .headers import (Expectation, format_content_range, format_content_value, format_ranges,
-                      header_parse_list, parse_content_disposition, parse_content_range,
-                      parse_content_type, parse_expectations, parse_range)
+from .headers import (Expectation, ascii_lower, format_content_range, format_content_value,
+                      format_ranges, header_parse_list, parse_content_disposition,
+                      parse_content_range, parse_content_type, parse_expectations, parse_range)
 
 __all__ = [
     "Encoding", "HTTPError", "MessageHeaders", "Request", "RequestParser",
@@ -294,9 +294,10 @@ class MessageHeaders:
             self.remove("Expect")
 
     def header_equals(self, name: str, value: str) -> bool:
-        """True if the field ``name`` (all its values, comma-joined) is exactly ``value``
-        (case-sensitive, as libsoup)."""
-        return self.get_list(name) == value
+        """True if the field ``name`` (all its values, comma-joined) is ``value``, ignoring
+        ASCII case (as libsoup)."""
+        found = self.get_list(name)
+        return found is not None and ascii_lower(found) == ascii_lower(value)
 
     def foreach(self, func: Any, *user_data: Any) -> None:
         """Call ``func(name, value, *user_data)`` for each field in order (over a copy:

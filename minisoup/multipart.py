@@ -47,9 +47,10 @@ def parse_media_type(value: Optional[str]) -> Optional[str]:
 def parse_content_disposition(value: Optional[str]) -> Optional[Tuple[str, Dict[str, Optional[str]]]]:
     """A part's Content-Disposition as form decoding reads it: ``(disposition, params)``,
     or ``None`` for a missing value or one with no disposition-type (which no form part
-    has; ``MessageHeaders.get_content_disposition`` reads every value). As libsoup, a ``filename`` keeps only what follows its last
-    ``/``, so that a client cannot name a file outside the directory a server saves into
-    (a ``\\`` is kept: it is a valid file name character on POSIX)."""
+    has; ``MessageHeaders.get_content_disposition`` reads every value). As libsoup, a
+    ``filename`` keeps only what follows its last ``/``, so that a client cannot name a
+    file outside the directory a server saves into (a ``\\`` is kept: it is a valid file
+    name character on POSIX)."""
     parsed = _split_parameterized(value)
     if parsed is None:
         return None
