@@ -334,3 +334,20 @@ def test_range_requests_over_a_socket():
         assert _get(port, "bytes=1000-5000") == (206, "bytes 1000-1023/1024", DATA[1000:])
         assert _get(port, "bytes=5000-") == (416, "bytes */1024", b"")
         assert _get(port, "bytes=oops") == (200, None, DATA)
+
+
+def test_is_options_ping_over_a_socket():
+    seen = []
+    server = minisoup.Server()
+    server.add_handler(None, lambda s, msg, path, query, ud: msg.set_status(204))
+    server.connect("request-read", lambda s, msg: seen.append((msg.get_method(),
+                                                               msg.is_options_ping())))
+    with running(server) as port:
+        for target in ("*", "/x"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("OPTIONS", target)
+                conn.getresponse().read()
+            finally:
+                conn.close()
+    assert seen == [("OPTIONS", True), ("OPTIONS", False)]
