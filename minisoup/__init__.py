@@ -8,6 +8,11 @@ destroy)`` is ``soup_server_add_websocket_handler``. See README.md for the name 
 from ._version import __version__
 from .errors import Error
 from .http import Encoding, HTTPError, MessageHeaders
+from .headers import (DateFormat, Expectation, date_time_new_from_http_string,
+                      date_time_to_string, header_contains, header_parse_list,
+                      header_parse_param_list, header_parse_param_list_strict,
+                      header_parse_quality_list, header_parse_semi_param_list,
+                      header_parse_semi_param_list_strict)
 from .message import RequestBody, ResponseBody, ServerMessage
 from .frames import CloseCode, ProtocolError
 from .websocket import (WebsocketConnection, WebsocketConnectionType,
@@ -38,4 +43,8 @@ __all__ = [
     "FORM_MIME_TYPE_MULTIPART", "Multipart", "Cookie", "SameSitePolicy", "cookies_from_request",
     "cookies_to_response", "ListenOptions", "TlsAuthMode",
     "AuthDomain", "AuthDomainBasic", "AuthDomainDigest",
+    "header_parse_list", "header_parse_quality_list", "header_parse_param_list",
+    "header_parse_param_list_strict", "header_parse_semi_param_list",
+    "header_parse_semi_param_list_strict", "header_contains", "date_time_new_from_http_string",
+    "date_time_to_string", "DateFormat", "Expectation",
 ]

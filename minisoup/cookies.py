@@ -13,7 +13,7 @@ import re
 from email.utils import format_datetime
 from typing import Any, List, Optional, Sequence
 
-from .multipart import parse_param_items
+from .headers import parse_param_items
 
 # Header injection: none of these may reach a Set-Cookie field from user code. ";" would
 # start a new attribute (e.g. a forged Domain), the controls would end the field.

@@ -20,6 +20,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from .errors import Error
 from .grammar import (CTL_EXCEPT_HTAB, HEAD_CTL_BYTES, TCHAR, TOKEN_BYTES, is_host, list_contains,
                       split_list)
+from .headers import (Expectation, ascii_lower, format_content_range, format_content_value,
+                      format_ranges, header_parse_list, parse_content_disposition,
+                      parse_content_range, parse_content_type, parse_expectations, parse_range)
 
 __all__ = [
     "Encoding", "HTTPError", "MessageHeaders", "Request", "RequestParser",
@@ -189,10 +192,13 @@ class MessageHeaders:
         else:
             self.remove("Transfer-Encoding")
 
-    def get_content_type(self) -> Optional[str]:
-        """The media type without parameters, lower-cased, or ``None``."""
-        value = self.get_one("Content-Type")
-        return value.split(";", 1)[0].strip().lower() if value else None
+    def get_content_type(self) -> Tuple[Optional[str], Optional[Dict[str, Optional[str]]]]:
+        """libsoup's ``get_content_type``: ``(media_type, params)``, the media type as sent
+        (case kept) and its parameters keyed by lower-cased name; ``(None, None)`` without a
+        Content-Type or when it is not ``type/subtype``
+        (:func:`minisoup.headers.parse_content_type`)."""
+        parsed = parse_content_type(self.get_one("Content-Type"))
+        return parsed if parsed is not None else (None, None)
 
     def format_fields(self) -> List[str]:
         """The fields as ``"Name: value"`` lines, in order (without line ends)."""
@@ -213,6 +219,97 @@ class MessageHeaders:
 
     def __repr__(self) -> str:
         return "MessageHeaders(%r)" % (self._items,)
+
+    # --- libsoup's typed accessors: Range, Content-Range, Content-Disposition, Expect, ...
+    # (the value grammar is in minisoup.headers; values set here go through replace(),
+    # which refuses CR, LF and NUL, or are made of integers only).
+
+    def set_content_type(self, content_type: str,
+                         params: Optional[Dict[str, Optional[str]]] = None) -> None:
+        """Set Content-Type to ``content_type`` with ``params`` (``name: value``; ``None``
+        writes the name alone; a non-ASCII value is written RFC 8187 ``name*=UTF-8''…``).
+        ``ValueError`` for a parameter name that is not a token or a CR/LF/NUL."""
+        self.replace("Content-Type", format_content_value(content_type, params))
+
+    def get_content_disposition(self) -> Optional[Tuple[Optional[str], Dict[str, Optional[str]]]]:
+        """``(disposition, params)`` of the Content-Disposition, or ``None`` without one;
+        a ``filename`` keeps only its last path component
+        (:func:`minisoup.headers.parse_content_disposition`)."""
+        return parse_content_disposition(self.get_one("Content-Disposition"))
+
+    def set_content_disposition(self, disposition: str,
+                                params: Optional[Dict[str, Optional[str]]] = None) -> None:
+        """Set Content-Disposition (e.g. ``"attachment", {"filename": "résumé.pdf"}``),
+        parameters written as :meth:`set_content_type` writes them."""
+        self.replace("Content-Disposition", format_content_value(disposition, params))
+
+    def get_ranges(self, total_length: int) -> Optional[List[Tuple[int, int]]]:
+        """The byte ranges of the Range header as ``(start, end)`` pairs (``end``
+        included), or ``None`` without a valid ``bytes=`` Range (then serve the whole
+        representation). With ``total_length`` > 0 they are explicit, sorted and merged;
+        a range starting at or past ``total_length`` cannot be served, and 416 is the
+        caller's answer when none can (:func:`minisoup.headers.parse_range`)."""
+        total_length = int(total_length)
+        if total_length < 0:
+            raise ValueError("total_length must be >= 0, not %d" % total_length)
+        return parse_range(self.get_one("Range"), total_length)
+
+    def set_range(self, start: int, end: int) -> None:
+        """Set Range to one range: ``end`` -1 is open-ended, a negative ``start`` with
+        ``end`` -1 the last ``-start`` bytes."""
+        self.set_ranges([(start, end)])
+
+    def set_ranges(self, ranges: List[Tuple[int, int]], length: Optional[int] = None) -> None:
+        """Set Range to ``ranges`` (``(start, end)`` pairs, as :meth:`set_range`); ``length``
+        uses only the first ``length`` of them (libsoup's array length)."""
+        ranges = list(ranges)
+        if length is not None:
+            ranges = ranges[:length]
+        self.replace_unchecked("Range", format_ranges(ranges))
+
+    def get_content_range(self) -> Optional[Tuple[int, int, int]]:
+        """``(start, end, total_length)`` of the Content-Range (``total_length`` -1 for
+        ``*``), or ``None`` without a valid one."""
+        return parse_content_range(self.get_one("Content-Range"))
+
+    def set_content_range(self, start: int, end: int, total_length: int = -1) -> None:
+        """Set Content-Range to ``bytes start-end/total_length`` (``/*`` for a negative
+        ``total_length``: unknown). ``total_length`` is the whole representation's."""
+        self.replace_unchecked("Content-Range", format_content_range(start, end, total_length))
+
+    def get_expectations(self) -> Expectation:
+        """What the Expect header asks: 0 without one, ``Expectation.CONTINUE`` for
+        ``100-continue``, ``Expectation.UNRECOGNIZED`` for anything else."""
+        return parse_expectations(self.get_list("Expect"))
+
+    def set_expectations(self, expectations: Expectation) -> None:
+        """``Expectation.CONTINUE`` sets ``Expect: 100-continue``; 0 removes Expect. Other
+        flags raise ``ValueError`` (there is nothing to write for them)."""
+        expectations = Expectation(expectations)
+        if expectations & ~Expectation.CONTINUE:
+            raise ValueError("only Expectation.CONTINUE can be set, not %r" % expectations)
+        if expectations:
+            self.replace_unchecked("Expect", "100-continue")
+        else:
+            self.remove("Expect")
+
+    def header_equals(self, name: str, value: str) -> bool:
+        """True if the field ``name`` (all its values, comma-joined) is ``value``, ignoring
+        ASCII case (as libsoup)."""
+        found = self.get_list(name)
+        return found is not None and ascii_lower(found) == ascii_lower(value)
+
+    def foreach(self, func: Any, *user_data: Any) -> None:
+        """Call ``func(name, value, *user_data)`` for each field in order (over a copy:
+        ``func`` may change the headers)."""
+        for name, value in list(self._items):
+            func(name, value, *user_data)
+
+    def clean_connection_headers(self) -> None:
+        """Remove the fields that the Connection header names (RFC 9110 §7.6.1: they are
+        for this hop only); Connection itself stays."""
+        for name in header_parse_list(self.get_list("Connection") or ""):
+            self.remove(name)
 
 
 class Request:

@@ -257,6 +257,11 @@ class ServerMessage(SignalEmitter):
         """"HTTP/1.1" or "HTTP/1.0"."""
         return self._version
 
+    def is_options_ping(self) -> bool:
+        """True for ``OPTIONS *`` (a request about the server, not a resource): such a
+        request reaches no handler (404, as libsoup 3.2), but server signals see it."""
+        return self._method == "OPTIONS" and self._uri.path == "*"
+
     def get_request_headers(self) -> MessageHeaders:
         """The request's headers."""
         return self._request_headers

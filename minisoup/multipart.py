@@ -1,5 +1,5 @@
-"""Multipart bodies (RFC 2046 §5.1, RFC 7578): libsoup's ``SoupMultipart`` for reading,
-and the header-parameter parsing it needs (sans-I/O).
+"""Multipart bodies (RFC 2046 §5.1, RFC 7578): libsoup's ``SoupMultipart`` for reading
+(sans-I/O); header parameters are parsed by :mod:`minisoup.headers`.
 
 A body is untrusted input: parsing never raises on it (malformed gives ``None``), looks
 for each delimiter once with ``bytes.find`` from where the last one ended (linear in the
@@ -8,8 +8,8 @@ body, however the boundary is chosen), and stops at :data:`MAX_PARTS` parts.
 
 import re
 from typing import Dict, List, Optional, Tuple
-from urllib.parse import unquote_to_bytes
 
+from .headers import ASCII_SPACE, header_parse_semi_param_list
 from .http import MessageHeaders
 
 MAX_PARTS = 1000                # more parts than this: refused (None), not parsed
@@ -20,107 +20,18 @@ _DASHES = b"--"
 _PADDED_LINE_END = re.compile(rb"[ \t]*\r\n")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
-Param = Tuple[str, Optional[str], bool]
 
+# --- Header parameters (the grammar lives in minisoup.headers) ---
 
-# --- Header parameters (libsoup's soup_header_parse_semi_param_list) ---
-
-def _split_items(header: str, delim: str) -> List[str]:
-    # An item ends at a delimiter outside a quoted-string; "\" escapes inside quotes.
-    items = []
-    start = 0
-    quoted = False
-    i = 0
-    n = len(header)
-    while i < n:
-        c = header[i]
-        if c == '"':
-            quoted = not quoted
-        elif quoted:
-            if c == "\\":
-                i += 1
-        elif c == delim:
-            items.append(header[start:i])
-            start = i + 1
-        i += 1
-    items.append(header[start:])
-    return [item.strip() for item in items if item.strip()]
-
-
-def _unquote(value: str) -> str:
-    # A quoted-string up to its closing quote (or the end), backslash escapes removed.
-    out = []
-    i = 1
-    n = len(value)
-    while i < n and value[i] != '"':
-        if value[i] == "\\" and i + 1 < n:
-            i += 1
-        out.append(value[i])
-        i += 1
-    return "".join(out)
-
-
-def _decode_ext_value(value: str) -> Optional[str]:
-    # RFC 8187 (was 5987): charset'language'percent-encoded; UTF-8 and ISO-8859-1 only.
-    charset, sep, rest = value.partition("'")
-    _language, sep2, encoded = rest.partition("'")
-    if not (sep and sep2):
-        return None
-    codec = {"utf-8": "utf-8", "iso-8859-1": "latin-1"}.get(charset.lower())
-    if codec is None:
-        return None
-    try:
-        return unquote_to_bytes(encoded).decode(codec)
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        return None
-
-
-def parse_param_items(header: str, delim: str = ";", rfc8187: bool = True) -> List[Param]:
-    """The ``name[=value]`` items of a header, in order: ``(name, value, extended)``.
-
-    ``value`` is ``None`` for an item without ``=``, unquoted for a quoted-string, and
-    (with ``rfc8187``) decoded for an RFC 8187 ``name*=charset'lang'%XX`` item
-    (``extended`` True, the ``*`` dropped from ``name``). Items with an empty name or an
-    undecodable extended value are left out, as in libsoup.
-    """
-    result: List[Param] = []
-    for item in _split_items(header, delim):
-        name, eq, value = item.partition("=")
-        name = name.rstrip()
-        if not eq:
-            result.append((item, None, False))
-            continue
-        if not name:
-            continue
-        value = value.lstrip()
-        if rfc8187 and name.endswith("*") and len(name) > 1:
-            decoded = _decode_ext_value(value)
-            if decoded is not None:
-                result.append((name[:-1], decoded, True))
-            continue
-        if value.startswith('"'):
-            value = _unquote(value)
-        result.append((name, value, False))
-    return result
-
-
-def parse_semi_param_list(header: str) -> Dict[str, Optional[str]]:
-    """libsoup's ``soup_header_parse_semi_param_list``: ``;``-separated parameters as a
-    dict keyed by lower-cased name; the first of repeated names wins, except that an
-    extended ``name*`` parameter wins over a plain ``name``."""
-    params: Dict[str, Optional[str]] = {}
-    for name, value, extended in parse_param_items(header):
-        key = name.lower()
-        if extended or key not in params:
-            params[key] = value
-    return params
+# libsoup's soup_header_parse_semi_param_list, under the name this module has used.
+parse_semi_param_list = header_parse_semi_param_list
 
 
 def _split_parameterized(value: Optional[str]) -> Optional[Tuple[str, Dict[str, Optional[str]]]]:
     if value is None:
         return None
     head, _, rest = value.partition(";")
-    head = head.strip()
+    head = head.strip(ASCII_SPACE)
     if not head:
         return None
     return head, parse_semi_param_list(rest)
@@ -134,10 +45,12 @@ def parse_media_type(value: Optional[str]) -> Optional[str]:
 
 
 def parse_content_disposition(value: Optional[str]) -> Optional[Tuple[str, Dict[str, Optional[str]]]]:
-    """libsoup's ``soup_message_headers_get_content_disposition``: ``(disposition,
-    params)`` or ``None``. As libsoup, a ``filename`` keeps only what follows its last
-    ``/``, so that a client cannot name a file outside the directory a server saves into
-    (a ``\\`` is kept: it is a valid file name character on POSIX)."""
+    """A part's Content-Disposition as form decoding reads it: ``(disposition, params)``,
+    or ``None`` for a missing value or one with no disposition-type (which no form part
+    has; ``MessageHeaders.get_content_disposition`` reads every value). As libsoup, a
+    ``filename`` keeps only what follows its last ``/``, so that a client cannot name a
+    file outside the directory a server saves into (a ``\\`` is kept: it is a valid file
+    name character on POSIX)."""
     parsed = _split_parameterized(value)
     if parsed is None:
         return None

@@ -131,7 +131,7 @@ from minisoup.cookies import Cookie, SameSitePolicy, cookies_from_request, cooki
 
 def _form_handler(server, msg, path, query, user_data):
     headers = msg.get_request_headers()
-    if headers.get_content_type() == "application/x-www-form-urlencoded":
+    if headers.get_content_type()[0] == "application/x-www-form-urlencoded":
         result = {"fields": form_decode(msg.get_request_body())}
     else:
         decoded = form_decode_multipart(

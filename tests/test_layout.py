@@ -20,7 +20,7 @@ import reachins  # noqa: E402  (tools/ is on the path above)
 
 MAX_REACH_INS = 10
 SANS_IO = ("http", "grammar", "handshake", "frames", "extensions", "deflate", "errors",
-           "interfaces", "_version")
+           "interfaces", "_version", "headers")
 
 
 def _tree(name: str) -> ast.AST:
