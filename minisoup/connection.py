@@ -399,7 +399,7 @@ class HTTPConnection:
         if not req.keep_alive:
             self.keep_alive = False
         path = req.path
-        host = req.host or req.headers.get_one("Host") or ""
+        host = req.host or req.host_field or ""
         uri = SplitResult(self.scheme, host, path, req.query or "", "")
         remote = owner.client_address(self.remote, req.headers)  # behind a trusted proxy
         msg = ServerMessage(self, req.method, uri, req.version, req.headers, remote,
