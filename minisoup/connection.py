@@ -20,8 +20,7 @@ are emitted here, in libsoup's order, and only for a message someone connected t
 import enum
 import logging
 import time
-from typing import Any, Callable, Dict, FrozenSet, Optional, Protocol, Tuple
-from urllib.parse import SplitResult
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Protocol, Sequence, Tuple
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
                    build_response_head, chunk, http_date, quote_path, reason_phrase)
@@ -91,6 +90,8 @@ PIPELINE_HIGH_WATER = 64 * 1024
 # pipelined GETs in one 256 KiB read were answered in one callback, holding the loop
 # (and every other connection of the worker) for 0.7 s.
 MAX_REQUESTS_PER_TURN = 32
+# A response body up to this size is sent in one buffer with its head (joined).
+JOIN_BODY_MAX = 16 * 1024
 FIRST_REQUEST_GRACE_S = 1.0  # graceful stop: how long a new connection may take to speak
 # A request body must arrive at this average rate (bytes/s) once request_timeout has passed:
 # a body trickled a byte at a time within the timeout (R-U-Dead-Yet) cannot hold a worker.
@@ -111,6 +112,11 @@ class ConnectionOwner(Protocol):
     """
 
     server: Any = None
+    # The server's connected signal callbacks by name, empty while nobody is connected:
+    # ``emit`` is only called while it is not, so an unwatched server pays one test.
+    signal_handlers: Mapping[str, Any] = {}
+    # The server's auth domains: ``authenticate`` is only called while there are some.
+    auth_domains: Sequence[Any] = ()
 
     def lookup(self, path: str) -> Any:
         """The handler entry for ``path`` (``.path``, ``.early``, ``.normal``,
@@ -123,7 +129,7 @@ class ConnectionOwner(Protocol):
 
     def authenticate(self, msg: ServerMessage) -> bool:
         """The headers of ``msg`` are read: check them against the server's auth domains
-        (SPEC 10). True to go on to the early handler; False if ``msg`` was answered
+        (SPEC 10; only called while ``auth_domains`` is not empty). True to go on to the early handler; False if ``msg`` was answered
         (its status set, e.g. 401 with the challenges)."""
 
     def connection_closed(self, conn: "HTTPConnection") -> None:
@@ -134,7 +140,8 @@ class ConnectionOwner(Protocol):
         """Log one answered request (``length`` bytes of body sent)."""
 
     def emit(self, signal: str, msg: ServerMessage) -> None:
-        """Emit one of the server's ``request-*`` signals."""
+        """Emit one of the server's ``request-*`` signals (only called while
+        ``signal_handlers`` is not empty)."""
 
     def call_soon(self, callback: Callable, *args: Any) -> Any:
         """Run ``callback(*args)`` at the next loop iteration."""
@@ -233,7 +240,8 @@ class HTTPConnection:
             observed = msg.observed
             if observed:
                 msg.emit("finished")
-            self.owner.emit("request-aborted", msg)
+            if self.owner.signal_handlers:
+                self.owner.emit("request-aborted", msg)
             if observed:
                 msg.emit("disconnected")
 
@@ -394,27 +402,31 @@ class HTTPConnection:
             self._process()
 
     def _start_request(self, req: Any) -> None:
+        # Hot path: what a request nobody watches does not need is one test away (the
+        # server's signals, auth domains, the message's signals).
         owner = self.owner
         self.request = req
         if not req.keep_alive:
             self.keep_alive = False
         path = req.path
-        host = req.host or req.host_field or ""
-        uri = SplitResult(self.scheme, host, path, req.query or "", "")
+        # The URI as a plain tuple: the message makes its SplitResult if someone asks.
+        uri = (self.scheme, req.host or req.host_field or "", path, req.query or "", "")
         remote = owner.client_address(self.remote, req.headers)  # behind a trusted proxy
         msg = ServerMessage(self, req.method, uri, req.version, req.headers, remote,
-                            self.local, peer_certificate=self.transport.get_peer_certificate()
+                            self.local, self.transport.get_peer_certificate()
                             if self.scheme == "https" else None)
         self.msg = msg
         self._set_state(_EARLY)
         self.transport.pause_reading()
-        owner.emit("request-started", msg)
+        if owner.signal_handlers:
+            owner.emit("request-started", msg)
         entry = self.entry = owner.lookup(path)
         # got-headers: after the early handler, to the callbacks connected before it
         # (libsoup runs it inside that emission). Only if someone watched the message.
         watchers = msg.connected("got-headers") if msg.observed else ()
         # The auth domains first (SPEC 10): a 401 is answered as an early handler's status.
-        if owner.authenticate(msg) and entry is not None and entry.early is not None:
+        if ((not owner.auth_domains or owner.authenticate(msg))
+                and entry is not None and entry.early is not None):
             self._call(entry.early, msg, path, req.form)
         if watchers:
             msg.emit_to(watchers, "got-headers")
@@ -487,7 +499,8 @@ class HTTPConnection:
         if self.state is _BODY:
             self.transport.pause_reading()  # else still paused since the head
         self._set_state(_HANDLER)
-        self.owner.emit("request-read", msg)
+        if self.owner.signal_handlers:
+            self.owner.emit("request-read", msg)
         entry = self.entry
         watchers = msg.connected("got-body") if msg.observed else ()  # as got-headers
         if entry is not None and entry.normal is not None:
@@ -565,7 +578,7 @@ class HTTPConnection:
         msg = self.msg
         if msg is None or self.state is _BODY or self.state is _EARLY:
             if msg is None:
-                uri = SplitResult(self.scheme, "", "", "", "")
+                uri = (self.scheme, "", "", "", "")
                 msg = ServerMessage(self, "-", uri, "HTTP/1.1", MessageHeaders(), self.remote,
                                     self.local)
                 self.msg = msg
@@ -628,7 +641,12 @@ class HTTPConnection:
             if msg.observed:
                 self._emit_wrote(msg, False)
         else:
-            self.transport.writelines([head, data])
+            # A small body is joined to the head (one send, no list; the copy is cheaper
+            # than sendmsg's scatter list); a large one goes with it, uncopied.
+            if len(data) <= JOIN_BODY_MAX:
+                self.transport.write(head + data)
+            else:
+                self.transport.writelines([head, data])
             if msg.observed:
                 self._emit_wrote(msg, True)
         self._finish(len(data))
@@ -734,7 +752,8 @@ class HTTPConnection:
             msg.emit("finished")
         owner = self.owner
         owner.access_log(msg, length)
-        owner.emit("request-finished", msg)
+        if owner.signal_handlers:
+            owner.emit("request-finished", msg)
         if self.state is _CLOSED:
             return
         if not self.keep_alive:

@@ -165,9 +165,11 @@ class ServerMessage(SignalEmitter):
                  "_auth_domain", "_auth_user", "_signals", "_leftover", "observed",
                  "__weakref__")
 
-    def __init__(self, conn: Any, method: str, uri: SplitResult, version: str,
-                 headers: MessageHeaders, remote: Any, local: Any,
+    def __init__(self, conn: Any, method: str, uri: Tuple[str, str, str, str, str],
+                 version: str, headers: MessageHeaders, remote: Any, local: Any,
                  peer_certificate: Optional[dict] = None) -> None:
+        # ``uri``: a SplitResult, or the plain tuple of its five fields (the connection's
+        # hot path: the SplitResult is made by the first get_uri(), often never).
         self._conn = conn
         self._peer_certificate = peer_certificate
         self._method = method
@@ -251,7 +253,10 @@ class ServerMessage(SignalEmitter):
 
         ``path`` is decoded as libsoup hands it over (percent-decoding, dot segments
         removed); ``query`` is the raw query string."""
-        return self._uri
+        uri = self._uri
+        if type(uri) is tuple:
+            uri = self._uri = SplitResult(*uri)
+        return uri
 
     def get_http_version(self) -> str:
         """"HTTP/1.1" or "HTTP/1.0"."""
@@ -379,7 +384,7 @@ class ServerMessage(SignalEmitter):
         (``"/x"`` becomes ``http://host/x``); an absolute one is kept as it is.
         """
         _check_text("redirect URI", redirect_uri)  # before urljoin, which drops CR/LF/TAB
-        uri = self._uri
+        uri = self.get_uri()
         if uri.netloc:
             base = "%s://%s%s" % (uri.scheme or "http", uri.netloc, quote_path(uri.path or "/"))
             redirect_uri = urljoin(base, redirect_uri)
@@ -432,4 +437,4 @@ class ServerMessage(SignalEmitter):
         return self._started
 
     def __repr__(self) -> str:
-        return "<ServerMessage %s %s %d>" % (self._method, self._uri.path, self._status)
+        return "<ServerMessage %s %s %d>" % (self._method, self._uri[2], self._status)
