@@ -115,21 +115,35 @@ class MessageHeaders:
     """
 
     # Hot path: every request and response looks fields up several times, so besides the
-    # ordered (name, value) list an index maps each lower-cased name to its values. The
-    # index is made on the first lookup: the parser's headers (:meth:`extend_unchecked`) are
-    # often never looked up by name once the parser has read what it needs, and building
-    # it per field cost ~0.3 us each, a quarter of parsing a browser's head.
-    __slots__ = ("_items", "_index")
+    # ordered (name, value) list an index maps each lower-cased name to its values. Both
+    # are made when first needed: the index on the first lookup by name, and for a head
+    # the parser checked (``fields``) the list itself. Many handlers read no request
+    # field, and building them per field cost ~0.3 us each, a quarter of parsing a
+    # browser's head.
+    __slots__ = ("_items", "_index", "_fields")
 
-    def __init__(self, items: Optional[Iterable[Tuple[str, str]]] = None) -> None:
+    def __init__(self, items: Optional[Iterable[Tuple[str, str]]] = None, *,
+                 fields: Optional[str] = None) -> None:
+        """``items``: (name, value) pairs to start with, unchecked. ``fields``: for
+        minisoup's parser, the field lines of a request head it has already checked,
+        decoded as latin-1, each as ``"\\r\\nName:value"`` with no OWS after the
+        value (what ``_SIMPLE_HEAD`` matches); split into fields when first needed."""
         self._items: List[Tuple[str, str]] = []
         self._index: Optional[Dict[str, List[str]]] = None  # made by the first lookup
+        self._fields = fields or None
         if items:
             self.extend_unchecked(items)
+
+    def _split_fields(self) -> None:
+        # Only before anything else touched _items: they are the head's fields, in order.
+        self._items = _FIELD.findall(self._fields)
+        self._fields = None
 
     def _get_index(self) -> Dict[str, List[str]]:
         index = self._index
         if index is None:
+            if self._fields is not None:
+                self._split_fields()
             index = self._index = {}
             for name, value in self._items:
                 values = index.get(name.lower())
@@ -139,11 +153,15 @@ class MessageHeaders:
                     values.append(value)
         return index
 
+    def _get_items(self) -> List[Tuple[str, str]]:
+        if self._fields is not None:
+            self._split_fields()
+        return self._items
+
     def extend_unchecked(self, items: Iterable[Tuple[str, str]]) -> None:
-        """:meth:`append_unchecked` for each (name, value) of ``items``, in order (the
-        parser's way: one call for a whole head)."""
+        """:meth:`append_unchecked` for each (name, value) of ``items``, in order."""
         if self._index is None:
-            self._items.extend(items)
+            self._get_items().extend(items)
         else:
             for name, value in items:
                 self.append_unchecked(name, value)
@@ -151,6 +169,8 @@ class MessageHeaders:
     def append_unchecked(self, name: str, value: str) -> None:
         """:meth:`append` without the checks, for minisoup's own use: fields the parser
         has already checked, or values the server itself made (Date, Connection)."""
+        if self._fields is not None:
+            self._split_fields()
         self._items.append((name, value))
         index = self._index
         if index is None:
@@ -167,6 +187,13 @@ class MessageHeaders:
         self.remove(name)
         self.append_unchecked(name, value)
 
+    def set_default(self, name: str, value: str) -> None:
+        """For the server: append ``name: value`` unless a field ``name`` is set already
+        (a handler's own ``Date`` or ``Server`` wins); unchecked, for its own values."""
+        index = self._index
+        if (self._get_index() if index is None else index).get(name.lower()) is None:
+            self.append_unchecked(name, value)
+
     def append(self, name: str, value: str) -> None:
         """Add a field (keeping any existing ones of the same name)."""
         _check_name(name)
@@ -181,8 +208,8 @@ class MessageHeaders:
 
     def remove(self, name: str) -> None:
         """Remove every field called ``name`` (case-insensitive)."""
-        if not self._items:
-            return
+        if not self._items and self._fields is None:
+            return  # hot path: a response's first field
         lname = name.lower()
         if self._get_index().pop(lname, None) is not None:
             self._items = [(k, v) for k, v in self._items if k.lower() != lname]
@@ -190,7 +217,8 @@ class MessageHeaders:
     def clear(self) -> None:
         """Remove every field."""
         self._items = []
-        self._index = {}
+        self._index = None
+        self._fields = None
 
     def get_one(self, name: str) -> Optional[str]:
         """The last value of ``name``, or ``None``."""
@@ -206,6 +234,7 @@ class MessageHeaders:
         """All values of ``name`` joined with ", " (the comma-list form), or ``None``."""
         values = self._get_index().get(name.lower())
         return ", ".join(values) if values else None
+
     def header_contains(self, name: str, token: str) -> bool:
         """True if the comma list of ``name`` holds ``token`` (case-insensitive)."""
         return list_contains(self.get_list(name), token)
@@ -249,23 +278,23 @@ class MessageHeaders:
 
     def format_fields(self) -> List[str]:
         """The fields as ``"Name: value"`` lines, in order (without line ends)."""
-        return list(map(": ".join, self._items))
+        return list(map(": ".join, self._get_items()))
 
     def items(self) -> List[Tuple[str, str]]:
         """A copy of the (name, value) pairs in order."""
-        return list(self._items)
+        return list(self._get_items())
 
     def __iter__(self) -> Iterator[Tuple[str, str]]:
-        return iter(list(self._items))
+        return iter(list(self._get_items()))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._get_items())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._get_index()
 
     def __repr__(self) -> str:
-        return "MessageHeaders(%r)" % (self._items,)
+        return "MessageHeaders(%r)" % (self._get_items(),)
 
 
 class Request:
@@ -312,19 +341,21 @@ class Request:
 
 # The common request, parsed in a few C-level passes (hot path): a usual method, an
 # origin-form target, HTTP/1.0 or 1.1, and field lines "token:value" whose values hold
-# only HTAB, SP, VCHAR and obs-text, so no bare CR or LF, no control character, no
-# obs-fold anywhere. One fullmatch checks all of that; whatever it does not match goes
-# the line-by-line way of _parse_head, which names what is wrong. Its method is a
-# subset of _KNOWN_METHODS; every other check below is _parse_head's too.
+# only HTAB, SP, VCHAR and obs-text and do not end in SP or HTAB, so no bare CR or LF,
+# no control character, no obs-fold anywhere, and nothing to strip after the value.
+# One fullmatch checks all of that; whatever it does not match goes the line-by-line
+# way of _parse_head, which names what is wrong. Its method is a subset of
+# _KNOWN_METHODS; every other check below is _parse_head's too.
 _SIMPLE_HEAD = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[\x21-\x7e]*) HTTP/1\.([01])"
-    rb"((?:\r\n[%s]+:[\t\x20-\x7e\x80-\xff]*)*)" % TCHAR.encode("ascii"))
+    rb"((?:\r\n[%s]+:[ \t]*(?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)*)"
+    % TCHAR.encode("ascii"))
 # One field line of such a head (decoded as latin-1): name, value without leading OWS.
 _FIELD = re.compile(r"\r\n([^:]+):[ \t]*([^\r]*)")
-_TRAILING_OWS = re.compile(r"[ \t](?:\r|\Z)")
+# The field lines of such a head that the parser itself reads, in one pass.
+_PARSER_FIELD = re.compile(
+    r"\r\n(?i:(host|connection|content-length|transfer-encoding|expect)):[ \t]*([^\r]*)", re.ASCII)
 _VERSIONS_BY_DIGIT = {b"1": "HTTP/1.1", b"0": "HTTP/1.0"}
-# Fields that mean a body, or ask for an answer before one: the general _frame_body.
-_FRAMING_FIELDS = (b"\r\ncontent-length:", b"\r\ntransfer-encoding:", b"\r\nexpect:")
 
 
 def _parse_simple_head(block: bytes, max_body_size: int) -> Optional[Request]:
@@ -335,36 +366,29 @@ def _parse_simple_head(block: bytes, max_body_size: int) -> Optional[Request]:
         return None
     method, target, digit, fields = match.groups()
     text = fields.decode("latin-1")
-    items = _FIELD.findall(text)
-    if _TRAILING_OWS.search(text):
-        items = [(name, value.rstrip(OWS)) for name, value in items]
-    # Field names are ASCII, so the lower-cased bytes line up with the text.
-    lower = fields.lower()
-    count = lower.count
-    headers = MessageHeaders(items)
-    connections = count(b"\r\nconnection:")
-    if connections == 1:
-        connection: Optional[str] = _field_at(text, lower.find(b"\r\nconnection:") + 13)
-    else:
-        connection = headers.get_list("Connection") if connections else None
+    headers = MessageHeaders(fields=text)
+    host = connection = None
+    hosts = 0
+    framing = False
+    for name, value in _PARSER_FIELD.findall(text):
+        name = name.lower()
+        if name == "host":
+            hosts += 1
+            if host is None:
+                host = value
+        elif name == "connection":
+            connection = value if connection is None else connection + ", " + value
+        else:
+            framing = True  # Content-Length, Transfer-Encoding, Expect: _frame_body
     version = _VERSIONS_BY_DIGIT[digit]
-    hosts = count(b"\r\nhost:")
-    host = _field_at(text, lower.find(b"\r\nhost:") + 7) if hosts else None
     req = Request(_KNOWN_METHODS[method], target.decode("ascii"), version, headers,
                   connection, host)
     if hosts > 1:
         raise HTTPError(400, "More than one Host header")
     _check_host(host, version)
-    if (_FRAMING_FIELDS[0] in lower or _FRAMING_FIELDS[1] in lower
-            or _FRAMING_FIELDS[2] in lower):
+    if framing:
         _frame_body(req, max_body_size)
     return req
-
-
-def _field_at(text: str, start: int) -> str:
-    # The value of the field line whose value begins at ``start``, without OWS.
-    end = text.find("\r", start)
-    return (text[start:] if end < 0 else text[start:end]).strip(OWS)
 
 
 def _check_host(host: Optional[str], version: str) -> None:
