@@ -278,7 +278,8 @@ class MessageHeaders:
 
     def format_fields(self) -> List[str]:
         """The fields as ``"Name: value"`` lines, in order (without line ends)."""
-        return list(map(": ".join, self._get_items()))
+        items = self._items if self._fields is None else self._get_items()
+        return list(map(": ".join, items))
 
     def items(self) -> List[Tuple[str, str]]:
         """A copy of the (name, value) pairs in order."""
@@ -639,7 +640,7 @@ class RequestParser:
         if req.chunked:
             done = self._read_chunked()
         else:
-            done = self._read_length()
+            done = not self._chunk_left or self._read_length()  # hot path: no body
         if not done:
             return None
         self._request = None
