@@ -20,7 +20,8 @@ are emitted here, in libsoup's order, and only for a message someone connected t
 import enum
 import logging
 import time
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence,
+                    Tuple)
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
                    build_response_head, chunk, http_date, quote_path, reason_phrase)
@@ -416,7 +417,7 @@ class HTTPConnection:
         remote = owner.client_address(self.remote, req.headers)  # behind a trusted proxy
         msg = ServerMessage(self, req.method, uri, req.version, req.headers, remote,
                             self.local, self.transport.get_peer_certificate()
-                            if self.scheme == "https" else None)
+                            if self.scheme == "https" else None, self._server_fields())
         self.msg = msg
         self._set_state(_EARLY)
         self.transport.pause_reading()
@@ -582,7 +583,7 @@ class HTTPConnection:
             if msg is None:
                 uri = (self.scheme, "", "", "", "")
                 msg = ServerMessage(self, "-", uri, "HTTP/1.1", MessageHeaders(), self.remote,
-                                    self.local)
+                                    self.local, response_fields=self._server_fields())
                 self.msg = msg
             msg.cleanup_response()
             msg.set_status(exc.status)
@@ -593,12 +594,8 @@ class HTTPConnection:
 
     def _response_head(self, msg: ServerMessage, headers: MessageHeaders,
                        final: bool = True) -> str:
-        """Complete a response's headers (Date, Server; Connection for a ``final`` one,
-        i.e. not the 101 of an upgrade); returns the HTTP version to answer with."""
-        headers.set_default("Date", http_date())
-        server_header = self.server.server_header
-        if server_header:
-            headers.set_default("Server", server_header)
+        """Complete a response's headers (Connection, for a ``final`` one, i.e. not the
+        101 of an upgrade); returns the HTTP version to answer with."""
         req = self.request  # None for an unparsable request: answered as HTTP/1.1
         version = req.version if req is not None else "HTTP/1.1"
         if not final:
@@ -613,6 +610,23 @@ class HTTPConnection:
         elif version == "HTTP/1.0":
             _set_trusted(headers, "Connection", "keep-alive")
         return version
+
+    def _server_fields(self) -> MessageHeaders:
+        """The fields every response starts with, as libsoup sets them before the
+        handlers run: ``Server`` (unless ``server_header`` is None or empty) and
+        ``Date``. A handler may replace or remove them."""
+        date = http_date()
+        server_header = self.server.server_header
+        cached = _server_fields
+        if cached[0] is not date or cached[1] != server_header:
+            # Hot path: one MessageHeaders per second (and server_header), indexed once;
+            # each message's response headers start as a copy.
+            fields = MessageHeaders(
+                (("Server", server_header), ("Date", date)) if server_header
+                else (("Date", date),))
+            fields.get_one("Date")  # index it now, once
+            cached[:] = [date, server_header, fields]
+        return cached[2]
 
     def _respond(self, status: int) -> None:
         """Send the response to ``self.msg``, whose status is ``status``."""
@@ -776,6 +790,8 @@ class HTTPConnection:
         self.transport.resume_reading()
 
 
+# (date, server_header, the fields): HTTPConnection._server_fields, made once per second.
+_server_fields: List[Any] = [None, None, None]
 # The server's own Connection values need no injection check (append()'s costs ~0.5 us).
 _set_trusted = MessageHeaders.replace_unchecked
 

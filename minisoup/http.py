@@ -123,34 +123,38 @@ class MessageHeaders:
     __slots__ = ("_items", "_index", "_fields")
 
     def __init__(self, items: Optional[Iterable[Tuple[str, str]]] = None, *,
-                 fields: Optional[str] = None) -> None:
+                 fields: Optional[str] = None,
+                 index: Optional[Dict[str, Tuple[str, ...]]] = None) -> None:
         """``items``: (name, value) pairs to start with, unchecked. ``fields``: for
         minisoup's parser, the field lines of a request head it has already checked,
         decoded as latin-1, each as ``"\\r\\nName:value"`` with no OWS after the
-        value (what ``_SIMPLE_HEAD`` matches); split into fields when first needed."""
-        self._items: List[Tuple[str, str]] = []
-        self._index: Optional[Dict[str, List[str]]] = None  # made by the first lookup
+        value (what ``_SIMPLE_HEAD`` matches); split into fields when first needed.
+        ``index``: for :meth:`copy`, the index of ``items`` (copied)."""
+        self._items: List[Tuple[str, str]] = list(items) if items else []
+        # Values as tuples, so that copy() may share them (a shallow copy of the dict).
+        self._index: Optional[Dict[str, Tuple[str, ...]]] = (
+            None if index is None else index.copy())  # else made by the first lookup
         self._fields = fields or None
-        if items:
-            self.extend_unchecked(items)
+        if self._fields is not None and self._items:
+            self._items[:0] = _FIELD.findall(self._fields)  # the head's fields come first
+            self._fields = None
+            self._index = None
 
     def _split_fields(self) -> None:
         # Only before anything else touched _items: they are the head's fields, in order.
         self._items = _FIELD.findall(self._fields)
         self._fields = None
 
-    def _get_index(self) -> Dict[str, List[str]]:
+    def _get_index(self) -> Dict[str, Tuple[str, ...]]:
         index = self._index
         if index is None:
             if self._fields is not None:
                 self._split_fields()
             index = self._index = {}
             for name, value in self._items:
-                values = index.get(name.lower())
-                if values is None:
-                    index[name.lower()] = [value]
-                else:
-                    values.append(value)
+                lname = name.lower()
+                values = index.get(lname)
+                index[lname] = (value,) if values is None else values + (value,)
         return index
 
     def _get_items(self) -> List[Tuple[str, str]]:
@@ -177,22 +181,18 @@ class MessageHeaders:
             return  # made from _items on the first lookup
         lname = name.lower()
         values = index.get(lname)
-        if values is None:
-            index[lname] = [value]
-        else:
-            values.append(value)
+        index[lname] = (value,) if values is None else values + (value,)
 
     def replace_unchecked(self, name: str, value: str) -> None:
         """:meth:`replace` without the checks (see :meth:`append_unchecked`)."""
         self.remove(name)
         self.append_unchecked(name, value)
 
-    def set_default(self, name: str, value: str) -> None:
-        """For the server: append ``name: value`` unless a field ``name`` is set already
-        (a handler's own ``Date`` or ``Server`` wins); unchecked, for its own values."""
-        index = self._index
-        if (self._get_index() if index is None else index).get(name.lower()) is None:
-            self.append_unchecked(name, value)
+    def copy(self) -> "MessageHeaders":
+        """A copy of these headers (later changes to one do not show in the other)."""
+        # The index too (its values are tuples): a response's headers start as a copy of
+        # the server's Date and Server, already indexed (hot path).
+        return MessageHeaders(self._get_items(), index=self._index)
 
     def append(self, name: str, value: str) -> None:
         """Add a field (keeping any existing ones of the same name)."""
