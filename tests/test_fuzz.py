@@ -295,6 +295,12 @@ def head_outcome(parse, block):
             req.headers.get_list("Connection"))
 
 
+def simple_head(block, max_body_size):
+    # read_head's fast way, on the block inside a buffer as read_head has it.
+    buf = b"\r\n" + block + b"\r\n\r\nGET /next"
+    return _parse_simple_head(buf, 2, 2 + len(block), max_body_size)
+
+
 def line_by_line(block, max_body_size):
     # read_head's general way: the line-ending check, then _parse_head.
     bare = block.replace(b"\r\n", b"")
@@ -331,14 +337,14 @@ def test_simple_head_fast_path_agrees_with_the_line_by_line_parser():
         blocks.append(block.replace(b"Host", rng.choice([b"host", b"HOST", b"hOsT"])))
     fast = 0
     for block in blocks:
-        simple = head_outcome(_parse_simple_head, block)
+        simple = head_outcome(simple_head, block)
         if simple is not None:
             fast += 1
             assert simple == head_outcome(line_by_line, block), block
     assert fast > len(blocks) // 3, (fast, len(blocks))
     # The usual GETs do take the fast path.
     for block in (b"GET / HTTP/1.1\r\nHost: a", VALID_REQUESTS[1].partition(b"\r\n\r\n")[0]):
-        assert head_outcome(_parse_simple_head, block)[0] == "request"
+        assert head_outcome(simple_head, block)[0] == "request"
 
 
 def test_duplicate_host_is_refused():
