@@ -20,8 +20,8 @@ are emitted here, in libsoup's order, and only for a message someone connected t
 import enum
 import logging
 import time
-from typing import Any, Callable, Dict, FrozenSet, Optional, Protocol, Tuple
-from urllib.parse import SplitResult
+from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence,
+                    Tuple)
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
                    build_response_head, chunk, http_date, quote_path, reason_phrase)
@@ -91,6 +91,8 @@ PIPELINE_HIGH_WATER = 64 * 1024
 # pipelined GETs in one 256 KiB read were answered in one callback, holding the loop
 # (and every other connection of the worker) for 0.7 s.
 MAX_REQUESTS_PER_TURN = 32
+# A response body up to this size is sent in one buffer with its head (joined).
+JOIN_BODY_MAX = 16 * 1024
 FIRST_REQUEST_GRACE_S = 1.0  # graceful stop: how long a new connection may take to speak
 # A request body must arrive at this average rate (bytes/s) once request_timeout has passed:
 # a body trickled a byte at a time within the timeout (R-U-Dead-Yet) cannot hold a worker.
@@ -111,6 +113,11 @@ class ConnectionOwner(Protocol):
     """
 
     server: Any = None
+    # The server's connected signal callbacks by name, empty while nobody is connected:
+    # ``emit`` is only called while it is not, so an unwatched server pays one test.
+    signal_handlers: Mapping[str, Any] = {}
+    # The server's auth domains: ``authenticate`` is only called while there are some.
+    auth_domains: Sequence[Any] = ()
 
     def lookup(self, path: str) -> Any:
         """The handler entry for ``path`` (``.path``, ``.early``, ``.normal``,
@@ -123,7 +130,7 @@ class ConnectionOwner(Protocol):
 
     def authenticate(self, msg: ServerMessage) -> bool:
         """The headers of ``msg`` are read: check them against the server's auth domains
-        (SPEC 10). True to go on to the early handler; False if ``msg`` was answered
+        (SPEC 10; only called while ``auth_domains`` is not empty). True to go on to the early handler; False if ``msg`` was answered
         (its status set, e.g. 401 with the challenges)."""
 
     def connection_closed(self, conn: "HTTPConnection") -> None:
@@ -134,7 +141,8 @@ class ConnectionOwner(Protocol):
         """Log one answered request (``length`` bytes of body sent)."""
 
     def emit(self, signal: str, msg: ServerMessage) -> None:
-        """Emit one of the server's ``request-*`` signals."""
+        """Emit one of the server's ``request-*`` signals (only called while
+        ``signal_handlers`` is not empty)."""
 
     def call_soon(self, callback: Callable, *args: Any) -> Any:
         """Run ``callback(*args)`` at the next loop iteration."""
@@ -233,7 +241,8 @@ class HTTPConnection:
             observed = msg.observed
             if observed:
                 msg.emit("finished")
-            self.owner.emit("request-aborted", msg)
+            if self.owner.signal_handlers:
+                self.owner.emit("request-aborted", msg)
             if observed:
                 msg.emit("disconnected")
 
@@ -367,6 +376,8 @@ class HTTPConnection:
                         break
                     budget -= 1
                     self._start_request(req)
+                    if self.state is _IDLE:
+                        break  # answered, and nothing more was buffered (hot path)
                 elif state is _BODY:
                     body = parser.read_body()
                     if self._body_reported and not self._report_body():
@@ -394,27 +405,31 @@ class HTTPConnection:
             self._process()
 
     def _start_request(self, req: Any) -> None:
+        # Hot path: what a request nobody watches does not need is one test away (the
+        # server's signals, auth domains, the message's signals).
         owner = self.owner
         self.request = req
         if not req.keep_alive:
             self.keep_alive = False
         path = req.path
-        host = req.host or req.headers.get_one("Host") or ""
-        uri = SplitResult(self.scheme, host, path, req.query or "", "")
+        # The URI as a plain tuple: the message makes its SplitResult if someone asks.
+        uri = (self.scheme, req.host or req.host_field or "", path, req.query or "", "")
         remote = owner.client_address(self.remote, req.headers)  # behind a trusted proxy
         msg = ServerMessage(self, req.method, uri, req.version, req.headers, remote,
-                            self.local, peer_certificate=self.transport.get_peer_certificate()
-                            if self.scheme == "https" else None)
+                            self.local, self.transport.get_peer_certificate()
+                            if self.scheme == "https" else None, self._server_fields())
         self.msg = msg
         self._set_state(_EARLY)
         self.transport.pause_reading()
-        owner.emit("request-started", msg)
+        if owner.signal_handlers:
+            owner.emit("request-started", msg)
         entry = self.entry = owner.lookup(path)
         # got-headers: after the early handler, to the callbacks connected before it
         # (libsoup runs it inside that emission). Only if someone watched the message.
         watchers = msg.connected("got-headers") if msg.observed else ()
         # The auth domains first (SPEC 10): a 401 is answered as an early handler's status.
-        if owner.authenticate(msg) and entry is not None and entry.early is not None:
+        if ((not owner.auth_domains or owner.authenticate(msg))
+                and entry is not None and entry.early is not None):
             self._call(entry.early, msg, path, req.form)
         if watchers:
             msg.emit_to(watchers, "got-headers")
@@ -487,7 +502,8 @@ class HTTPConnection:
         if self.state is _BODY:
             self.transport.pause_reading()  # else still paused since the head
         self._set_state(_HANDLER)
-        self.owner.emit("request-read", msg)
+        if self.owner.signal_handlers:
+            self.owner.emit("request-read", msg)
         entry = self.entry
         watchers = msg.connected("got-body") if msg.observed else ()  # as got-headers
         if entry is not None and entry.normal is not None:
@@ -565,9 +581,9 @@ class HTTPConnection:
         msg = self.msg
         if msg is None or self.state is _BODY or self.state is _EARLY:
             if msg is None:
-                uri = SplitResult(self.scheme, "", "", "", "")
+                uri = (self.scheme, "", "", "", "")
                 msg = ServerMessage(self, "-", uri, "HTTP/1.1", MessageHeaders(), self.remote,
-                                    self.local)
+                                    self.local, response_fields=self._server_fields())
                 self.msg = msg
             msg.cleanup_response()
             msg.set_status(exc.status)
@@ -578,13 +594,8 @@ class HTTPConnection:
 
     def _response_head(self, msg: ServerMessage, headers: MessageHeaders,
                        final: bool = True) -> str:
-        """Complete a response's headers (Date, Server; Connection for a ``final`` one,
-        i.e. not the 101 of an upgrade); returns the HTTP version to answer with."""
-        if headers.get_one("Date") is None:
-            _add_trusted(headers, "Date", http_date())
-        server_header = self.server.server_header
-        if server_header and headers.get_one("Server") is None:
-            _add_trusted(headers, "Server", server_header)
+        """Complete a response's headers (Connection, for a ``final`` one, i.e. not the
+        101 of an upgrade); returns the HTTP version to answer with."""
         req = self.request  # None for an unparsable request: answered as HTTP/1.1
         version = req.version if req is not None else "HTTP/1.1"
         if not final:
@@ -599,6 +610,23 @@ class HTTPConnection:
         elif version == "HTTP/1.0":
             _set_trusted(headers, "Connection", "keep-alive")
         return version
+
+    def _server_fields(self) -> MessageHeaders:
+        """The fields every response starts with, as libsoup sets them before the
+        handlers run: ``Server`` (unless ``server_header`` is None or empty) and
+        ``Date``. A handler may replace or remove them."""
+        date = http_date()
+        server_header = self.server.server_header
+        cached = _server_fields
+        if cached[0] is not date or cached[1] != server_header:
+            # Hot path: one MessageHeaders per second (and server_header), indexed once;
+            # each message's response headers start as a copy.
+            fields = MessageHeaders(
+                (("Server", server_header), ("Date", date)) if server_header
+                else (("Date", date),))
+            fields.get_one("Date")  # index it now, once
+            cached[:] = [date, server_header, fields]
+        return cached[2]
 
     def _respond(self, status: int) -> None:
         """Send the response to ``self.msg``, whose status is ``status``."""
@@ -628,7 +656,12 @@ class HTTPConnection:
             if msg.observed:
                 self._emit_wrote(msg, False)
         else:
-            self.transport.writelines([head, data])
+            # A small body is joined to the head (one send, no list; the copy is cheaper
+            # than sendmsg's scatter list); a large one goes with it, uncopied.
+            if len(data) <= JOIN_BODY_MAX:
+                self.transport.write(head + data)
+            else:
+                self.transport.writelines([head, data])
             if msg.observed:
                 self._emit_wrote(msg, True)
         self._finish(len(data))
@@ -734,7 +767,8 @@ class HTTPConnection:
             msg.emit("finished")
         owner = self.owner
         owner.access_log(msg, length)
-        owner.emit("request-finished", msg)
+        if owner.signal_handlers:
+            owner.emit("request-finished", msg)
         if self.state is _CLOSED:
             return
         if not self.keep_alive:
@@ -756,9 +790,9 @@ class HTTPConnection:
         self.transport.resume_reading()
 
 
-# The server's own Date/Server/Connection values need no injection check, and append()'s
-# check costs ~0.5 us per header, ~10% of a keep-alive GET.
-_add_trusted = MessageHeaders.append_unchecked
+# (date, server_header, the fields): HTTPConnection._server_fields, made once per second.
+_server_fields: List[Any] = [None, None, None]
+# The server's own Connection values need no injection check (append()'s costs ~0.5 us).
 _set_trusted = MessageHeaders.replace_unchecked
 
 

@@ -163,11 +163,17 @@ class ServerMessage(SignalEmitter):
                  "_remote", "_local", "_status", "_reason", "_response_headers",
                  "_response_body", "_paused", "_conn", "_started", "_peer_certificate",
                  "_auth_domain", "_auth_user", "_signals", "_leftover", "observed",
-                 "__weakref__")
+                 "_response_fields", "__weakref__")
 
-    def __init__(self, conn: Any, method: str, uri: SplitResult, version: str,
-                 headers: MessageHeaders, remote: Any, local: Any,
-                 peer_certificate: Optional[dict] = None) -> None:
+    def __init__(self, conn: Any, method: str, uri: Tuple[str, str, str, str, str],
+                 version: str, headers: MessageHeaders, remote: Any, local: Any,
+                 peer_certificate: Optional[dict] = None,
+                 response_fields: Optional[MessageHeaders] = None) -> None:
+        # ``uri``: a SplitResult, or the plain tuple of its five fields (the connection's
+        # hot path: the SplitResult is made by the first get_uri(), often never).
+        # ``response_fields``: what every response starts with (the server's Date and
+        # Server fields, as libsoup sets them before the handlers run): the response
+        # headers start as a copy of them.
         self._conn = conn
         self._peer_certificate = peer_certificate
         self._method = method
@@ -179,7 +185,9 @@ class ServerMessage(SignalEmitter):
         self._local = local
         self._status = 0
         self._reason: Optional[str] = None
-        self._response_headers = MessageHeaders()
+        self._response_fields = response_fields
+        self._response_headers = (MessageHeaders() if response_fields is None
+                                  else response_fields.copy())
         self._response_body = ResponseBody()
         self._paused = False
         self._started = time.monotonic()
@@ -251,7 +259,10 @@ class ServerMessage(SignalEmitter):
 
         ``path`` is decoded as libsoup hands it over (percent-decoding, dot segments
         removed); ``query`` is the raw query string."""
-        return self._uri
+        uri = self._uri
+        if type(uri) is tuple:
+            uri = self._uri = SplitResult(*uri)
+        return uri
 
     def get_http_version(self) -> str:
         """"HTTP/1.1" or "HTTP/1.0"."""
@@ -384,7 +395,7 @@ class ServerMessage(SignalEmitter):
         (``"/x"`` becomes ``http://host/x``); an absolute one is kept as it is.
         """
         _check_text("redirect URI", redirect_uri)  # before urljoin, which drops CR/LF/TAB
-        uri = self._uri
+        uri = self.get_uri()
         if uri.netloc:
             base = "%s://%s%s" % (uri.scheme or "http", uri.netloc, quote_path(uri.path or "/"))
             redirect_uri = urljoin(base, redirect_uri)
@@ -419,12 +430,14 @@ class ServerMessage(SignalEmitter):
         self._auth_user = user
 
     def cleanup_response(self) -> None:
-        """For the connection: forget the response built so far (status, reason, headers,
-        body) and any pause, before the connection answers with an error of its own."""
+        """For the connection: forget the response built so far (status, reason, the
+        headers set since the message was made, body) and any pause, before the
+        connection answers with an error of its own."""
         self._paused = False
         self._status = 0
         self._reason = None
-        self._response_headers.clear()
+        fields = self._response_fields
+        self._response_headers = MessageHeaders() if fields is None else fields.copy()
         self._response_body.set(b"")
 
     def detach(self) -> None:
@@ -437,4 +450,4 @@ class ServerMessage(SignalEmitter):
         return self._started
 
     def __repr__(self) -> str:
-        return "<ServerMessage %s %s %d>" % (self._method, self._uri.path, self._status)
+        return "<ServerMessage %s %s %d>" % (self._method, self._uri[2], self._status)

@@ -107,14 +107,20 @@ class _ConnectionOwner:
     """
 
     __slots__ = ("server", "lookup", "upgrade", "connection_closed", "access_log", "emit",
-                 "call_soon", "authenticate", "client_address")
+                 "call_soon", "authenticate", "client_address", "signal_handlers",
+                 "auth_domains")
 
     def __init__(self, server: "Server", lookup: Callable, upgrade: Callable,
                  connection_closed: Callable, access_log: Callable,
-                 authenticate: Callable, client_address: Callable) -> None:
+                 authenticate: Callable, client_address: Callable,
+                 signal_handlers: Dict[str, list], auth_domains: List[AuthDomain]) -> None:
         self.server = server
         self.lookup = lookup
         self.authenticate = authenticate
+        # The server's own dict and list, which it changes in place (connect(),
+        # add_auth_domain()): the connection tests them before calling emit/authenticate.
+        self.signal_handlers = signal_handlers
+        self.auth_domains = auth_domains
         self.upgrade = upgrade
         self.connection_closed = connection_closed
         self.access_log = access_log
@@ -205,7 +211,8 @@ class Server(SignalEmitter):
                                        self._connection_closed, self._access_log,
                                        self._authenticate,
                                        self._client_address if self._trusted_proxies
-                                       else _peer_address)
+                                       else _peer_address,
+                                       self._signal_handlers, self._auth_domains)
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers

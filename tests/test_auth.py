@@ -315,17 +315,26 @@ def test_digest_nonce_valid_in_every_worker_and_replays_refused_in_all():
                                        timeout=5).read().decode().split()
             assert user == auth_apps.USER
         # One nonce, counts 1, 2, 3... each on a new connection: accepted by both workers.
+        # Sequential short connections may all wake the same idle worker (the faster it
+        # answers, the likelier), so an idle connection is held after each request: the
+        # worker holding more than its share stops accepting and the other takes the next.
         challenge = _request(port, target="/d")[1]["www-authenticate"][0]
         workers = set()
         nc = 0
-        while len(workers) < 2:
-            nc += 1
-            assert nc < 200, "never reached both workers"
-            auth = _digest_header(challenge, auth_apps.USER, auth_apps.PASSWORD, "GET", "/d",
-                                  nc=nc)
-            status, _, body = _request(port, target="/d", headers=[("Authorization", auth)])
-            assert status == 200, body
-            workers.add(body.split()[0])
+        held = []
+        try:
+            while len(workers) < 2:
+                nc += 1
+                assert nc < 200, "never reached both workers"
+                auth = _digest_header(challenge, auth_apps.USER, auth_apps.PASSWORD, "GET",
+                                      "/d", nc=nc)
+                status, _, body = _request(port, target="/d", headers=[("Authorization", auth)])
+                assert status == 200, body
+                workers.add(body.split()[0])
+                held.append(raw_connect(port))
+        finally:
+            for sock in held:
+                sock.close()
         # Every one of those counts, replayed to whichever worker: refused.
         for old in range(1, nc + 1):
             auth = _digest_header(challenge, auth_apps.USER, auth_apps.PASSWORD, "GET", "/d",

@@ -95,6 +95,9 @@ class FakeOwner:
             max_body_size=1 << 20, server_header="fake/1")
         vars(self.server).update(limits)
         self.entries = {}
+        # Never empty, so that every request-* emission reaches emit() and is recorded.
+        self.signal_handlers = {"request-*": ["recorded by emit()"]}
+        self.auth_domains = ()  # authenticate() is never asked
         self.signals = []
         self.logged = []
         self.closed = []

@@ -26,7 +26,7 @@ from minisoup.frames import (RSV1, RSV2, RSV3, FrameParser, ProtocolError, Utf8V
 from minisoup.grammar import is_host, split_list
 from minisoup.handshake import (HandshakeError, HandshakeResult, compute_accept,
                                 server_handshake)
-from minisoup.http import HTTPError, MessageHeaders, RequestParser
+from minisoup.http import HTTPError, MessageHeaders, RequestParser, _parse_head, _parse_simple_head
 
 SEED = int(os.environ.get("MINISOUP_FUZZ_SEED", "20240607"))
 SCALE = float(os.environ.get("MINISOUP_FUZZ_SCALE", "1"))
@@ -279,6 +279,72 @@ def test_chunk_lines_and_trailers_obey_the_header_limit_whatever_the_split():
                 line_length = length
             if line_length > 64:
                 assert outcomes[0][-1] == ("error", 431), (length, body, outcomes[0])
+
+
+def head_outcome(parse, block):
+    """What one way of parsing a head block gives: the request's fields, or the error."""
+    try:
+        req = parse(block, 4096)
+    except HTTPError as exc:
+        return ("error", exc.status, exc.message)
+    if req is None:
+        return None
+    return ("request", req.method, req.target, req.version, req.headers.items(),
+            req.keep_alive, req.content_length, req.chunked, req.expect_continue, req.path,
+            req.query, req.form, req.host, req.host_field, req.headers.get_list("Host"),
+            req.headers.get_list("Connection"))
+
+
+def simple_head(block, max_body_size):
+    # read_head's fast way, on the block inside a buffer as read_head has it.
+    buf = b"\r\n" + block + b"\r\n\r\nGET /next"
+    return _parse_simple_head(buf, 2, 2 + len(block), max_body_size)
+
+
+def line_by_line(block, max_body_size):
+    # read_head's general way: the line-ending check, then _parse_head.
+    bare = block.replace(b"\r\n", b"")
+    if b"\n" in bare or b"\r" in bare:
+        raise HTTPError(400, "Bare CR or LF in the request head (CRLF required)")
+    return _parse_head(block, max_body_size)
+
+
+SIMPLE_EDGES = [
+    b"GET / HTTP/1.1\r\nHost: a\r\nX:", b"GET / HTTP/1.1\r\nHost: a\r\nX: \t ",
+    b"GET / HTTP/1.1\r\nHOST:\ta\r\nX:\ty\tz", b"GET / HTTP/1.1\r\nHost: a \r\nX: y",
+    b"GET / HTTP/1.1\r\nhost: a\r\nHoSt: a", b"GET / HTTP/1.1\r\nConnection: close\r\nHost: a",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nconnection: CLOSE",
+    b"GET / HTTP/1.0\r\nCONNECTION: Keep-Alive", b"GET / HTTP/1.0", b"GET / HTTP/1.1",
+    b"GET /a?b=c+d&e HTTP/1.1\r\nHost: a:80", b"GET /%61/./b HTTP/1.1\r\nHost: [::1]:8",
+    b"GET / HTTP/1.1\r\nHost: a b", b"GET / HTTP/1.1\r\nHost:", b"GET / HTTP/1.1\r\nX-Host: a",
+    b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 5", b"GET / HTTP/1.1\r\nHost: a\r\nExpect: x",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked",
+    b"GET / HTTP/1.1\r\nHost: \xe9\r\nX: \xff", b"GET / HTTP/1.1\r\nHost: a\r\nX: \xff\x80",
+    b"GET /? HTTP/1.1\r\nHost: a", b"GET /?%zz HTTP/1.1\r\nHost: a",
+]
+
+
+def test_simple_head_fast_path_agrees_with_the_line_by_line_parser():
+    # The common head is parsed in a few passes (http._parse_simple_head); whatever it
+    # accepts or refuses, the general parser must give exactly the same request or error.
+    rng = random.Random(SEED + 4)
+    blocks = list(SIMPLE_EDGES)
+    for data in http_inputs(rng, count(3000)):
+        block = data.lstrip(b"\r\n").partition(b"\r\n\r\n")[0]
+        blocks.append(block)
+        # Whitespace and case shapes the fast path must handle like the slow one.
+        blocks.append(block.replace(b": ", rng.choice([b":", b":\t", b":  ", b": \t"])))
+        blocks.append(block.replace(b"Host", rng.choice([b"host", b"HOST", b"hOsT"])))
+    fast = 0
+    for block in blocks:
+        simple = head_outcome(simple_head, block)
+        if simple is not None:
+            fast += 1
+            assert simple == head_outcome(line_by_line, block), block
+    assert fast > len(blocks) // 3, (fast, len(blocks))
+    # The usual GETs do take the fast path.
+    for block in (b"GET / HTTP/1.1\r\nHost: a", VALID_REQUESTS[1].partition(b"\r\n\r\n")[0]):
+        assert head_outcome(simple_head, block)[0] == "request"
 
 
 def test_duplicate_host_is_refused():

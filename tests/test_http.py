@@ -460,3 +460,34 @@ def test_the_valid_host_cache_is_bounded_and_holds_only_valid_hosts():
     for _ in range(2):
         assert status_of(b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n") == 400
     assert "a, b" not in http._valid_hosts
+
+
+def test_parsed_fields_are_split_on_first_use_and_behave_as_appended_ones():
+    parser = RequestParser()
+    parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:1\r\nx-a: \t2\r\nCookie: c=d; e\r\n\r\n")
+    req = parser.read_head()
+    headers = req.headers
+    assert len(headers) == 4 and "X-A" in headers
+    assert headers.get_list("x-a") == "1, 2" and headers.get_one("COOKIE") == "c=d; e"
+    headers.append("X-B", "3")
+    headers.remove("x-a")
+    assert headers.items() == [("Host", "a"), ("Cookie", "c=d; e"), ("X-B", "3")]
+    # Each way in splits the fields first: appending before any lookup keeps the order.
+    parser.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n")
+    parser.read_body()
+    headers = parser.read_head().headers
+    headers.append_unchecked("Y", "2")
+    assert list(headers) == [("Host", "a"), ("X", "1"), ("Y", "2")]
+
+
+def test_headers_copy_is_independent_and_replace_checks_before_removing():
+    h = MessageHeaders([("Date", "d"), ("Server", "s")])
+    assert h.get_one("date") == "d"  # indexed
+    c = h.copy()
+    c.append("Date", "e")
+    c.remove("Server")
+    assert h.items() == [("Date", "d"), ("Server", "s")] and h.get_all("Date") == ["d"]
+    assert c.get_all("Date") == ["d", "e"] and "Server" not in c and "Server" in h
+    with pytest.raises(ValueError):
+        h.replace("Date", "x\r\nInjected: 1")
+    assert h.get_one("Date") == "d"  # a refused value leaves the field as it was

@@ -645,3 +645,39 @@ def test_empty_transfer_coding_elements_are_ignored_over_a_socket():
                                    + b"\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
             assert status == 200, value
     assert bodies == [b"abc"] * 3
+
+
+def test_date_and_server_are_set_before_the_handler_as_libsoup_does():
+    # libsoup adds Server and Date to the response headers before the handlers run (a
+    # handler sees them, may replace them, and an append adds a second field); an error
+    # answered after cleanup_response() (a handler that raised) still carries them.
+    seen = []
+
+    def handler(server, msg, path, query, user_data):
+        headers = msg.get_response_headers()
+        seen.append((headers.get_one("Server"), headers.get_one("Date") is not None))
+        if path == "/mine":
+            headers.replace("Date", "Thu, 01 Jan 1970 00:00:00 GMT")
+            headers.append("Server", "app/1")
+        if path == "/raise":
+            raise RuntimeError("boom")
+        msg.set_response("text/plain", "ok")
+        msg.set_status(200)
+
+    server = minisoup.Server(server_header="unit/2")
+    server.add_handler("/", handler)
+    with running(server) as port:
+        status, _, resp = get(port, "/")
+        assert status == 200 and resp.getheader("Server") == "unit/2" and resp.getheader("Date")
+        _, _, resp = get(port, "/mine")
+        assert resp.getheader("Date") == "Thu, 01 Jan 1970 00:00:00 GMT"
+        assert resp.headers.get_all("Server") == ["unit/2", "app/1"]
+        status, _, resp = get(port, "/raise")
+        assert status == 500 and resp.getheader("Server") == "unit/2" and resp.getheader("Date")
+    assert seen == [("unit/2", True)] * 3
+    server = minisoup.Server(server_header=None)
+    server.add_handler("/", handler)
+    with running(server) as port:
+        _, _, resp = get(port, "/")
+        assert resp.getheader("Server") is None and resp.getheader("Date")
+    assert seen[-1] == (None, True)
