@@ -271,7 +271,7 @@ class ServerMessage(SignalEmitter):
     def is_options_ping(self) -> bool:
         """True for ``OPTIONS *`` (a request about the server, not a resource): such a
         request reaches no handler (404, as libsoup 3.2), but server signals see it."""
-        return self._method == "OPTIONS" and self._uri.path == "*"
+        return self._method == "OPTIONS" and self._uri[2] == "*"  # (scheme, host, path, ...)
 
     def get_request_headers(self) -> MessageHeaders:
         """The request's headers."""
