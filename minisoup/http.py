@@ -590,6 +590,19 @@ def _frame_body(req: Request, max_body_size: int) -> None:
         req.expect_continue = req.version == "HTTP/1.1"
 
 
+class ChunkState(enum.IntEnum):
+    """Where the chunked-body reader is (RFC 9112 §7.1): SIZE → DATA → DATA_END → SIZE …,
+    and SIZE → TRAILER on the last (zero-size) chunk, until the empty line ends the body."""
+    SIZE = 1      # reading a chunk-size line (with its extensions)
+    DATA = 2      # reading chunk data: _chunk_left bytes to go
+    DATA_END = 3  # the CRLF after the chunk data
+    TRAILER = 4   # trailer fields, up to the empty line
+
+
+_SIZE, _DATA, _DATA_END, _TRAILER = (ChunkState.SIZE, ChunkState.DATA, ChunkState.DATA_END,
+                                     ChunkState.TRAILER)
+
+
 class RequestParser:
     """Incremental parser for a stream of HTTP/1.x requests on one connection.
 
@@ -633,7 +646,7 @@ class RequestParser:
         self._body: Any = None  # None, bytes (one piece) or bytearray
         self._body_size = 0
         self._chunk_left = 0
-        self._chunk_state = "size"
+        self._chunk_state = _SIZE
         self._scanned = 0  # unparsed bytes of _buf already searched by read_head()
         self._line_scanned = 0  # bytes of an incomplete chunk line already searched
         self._empty_lines = 0  # empty lines seen before the current request line
@@ -724,7 +737,7 @@ class RequestParser:
         self._pieces = None
         self._keep = True
         self._body_size = 0
-        self._chunk_state = "size"
+        self._chunk_state = _SIZE
         self._chunk_left = req.content_length
         self._line_scanned = 0
         self._empty_lines = 0
@@ -812,7 +825,7 @@ class RequestParser:
         available = len(buf)
         while True:
             state = self._chunk_state
-            if state == "data":
+            if state is _DATA:
                 if pos >= available:
                     return False, pos
                 end = min(available, pos + self._chunk_left)
@@ -820,14 +833,14 @@ class RequestParser:
                 self._chunk_left -= end - pos
                 pos = end
                 if self._chunk_left == 0:
-                    self._chunk_state = "data-end"
+                    self._chunk_state = _DATA_END
                 continue
             end = self._line_end(buf, pos)
             if end < 0:
                 return False, pos
             line = buf[pos:end]
             pos = end + 2
-            if state == "size":
+            if state is _SIZE:
                 size_text, semicolon, _ = line.partition(b";")
                 if semicolon:
                     self._count_metadata(len(line) - len(size_text))
@@ -840,11 +853,11 @@ class RequestParser:
                         and self._body_size + chunk_size > self.max_body_size):
                     raise HTTPError(413, "Request body larger than %d bytes" % self.max_body_size)
                 self._chunk_left = chunk_size
-                self._chunk_state = "data" if chunk_size else "trailer"
-            elif state == "data-end":
+                self._chunk_state = _DATA if chunk_size else _TRAILER
+            elif state is _DATA_END:
                 if line:
                     raise HTTPError(400, "Chunk data not followed by CRLF")
-                self._chunk_state = "size"
+                self._chunk_state = _SIZE
             else:  # trailer fields are read and ignored, up to the blank line
                 if not line:
                     return True, pos
