@@ -2,6 +2,7 @@
 
 import errno
 import logging
+import select
 import signal
 import socket
 import time
@@ -655,8 +656,19 @@ class Server(SignalEmitter):
 
     # -- accepting -----------------------------------------------------------------------------
     def _make_acceptor(self, listener: socket.socket) -> Callable[[int], None]:
+        # Hot path: what every connection from this listener shares, looked up once here
+        # (socket.family converts to an enum member on every read: ~0.35 us).
+        tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+        tls = listener in self._https_listeners
+        # After each accept, a poll() of this listener alone says whether another connection
+        # waits (~0.3 us): cheaper than the accept() failing with EAGAIN that used to end
+        # every wakeup (~4 us, most of it the BlockingIOError).
+        backlog = select.poll()
+        backlog.register(listener, select.POLLIN)
+        waiting = backlog.poll
+
         def on_readable(events: int) -> None:
-            self._accept(listener)
+            self._accept(listener, waiting, tcp, tls)
         return on_readable
 
     def _start_accepting(self) -> None:
@@ -691,7 +703,10 @@ class Server(SignalEmitter):
         """The pre-fork worker's gate, if any: may this worker take more connections now?"""
         return self._gate is None or self._gate.may_accept()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket, waiting: Callable[[int], list], tcp: bool,
+                tls: bool) -> None:
+        """Accept the connections waiting on ``listener``, at most ``ACCEPT_PER_WAKEUP``;
+        ``waiting(0)``: a poll of the listener, empty once none is left."""
         for _ in range(ACCEPT_PER_WAKEUP):
             try:
                 sock, addr = listener.accept()
@@ -708,23 +723,24 @@ class Server(SignalEmitter):
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
-            self._new_connection(sock, addr, listener)
+            self._new_connection(sock, addr, tcp, tls)
             if not self._accepting:
                 return
             if self._connection_count() >= self.max_connections or not self._may_accept():
                 self._update_accepting()
                 return
+            if not waiting(0):
+                return
 
-    def _new_connection(self, sock: socket.socket, addr: Any,
-                        listener: Optional[socket.socket] = None) -> None:
+    def _new_connection(self, sock: socket.socket, addr: Any, tcp: bool, tls: bool) -> None:
         sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             local = sock.getsockname()
         except OSError:
             local = None
-        if listener is not None and listener in self._https_listeners:
+        if tls:
             conn = HTTPConnection(self._owner, None, addr, local, scheme="https")
             conn.transport = TLSTransport(self._loop, sock, conn, self._tls.context, addr)
         else:

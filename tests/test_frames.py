@@ -283,6 +283,13 @@ def test_invalid_close_codes(code):
     assert info.value.close_code == 1002
 
 
+def test_close_codes_with_a_name_come_back_as_members():
+    code, _ = parse_close_payload(struct.pack("!H", 1001))
+    assert code is CloseCode.GOING_AWAY
+    code, _ = parse_close_payload(struct.pack("!H", 4000))
+    assert type(code) is int and code == 4000
+
+
 def test_close_payload_empty_and_short():
     assert parse_close_payload(b"") == (CloseCode.NO_STATUS, "")
     with pytest.raises(ProtocolError) as info:

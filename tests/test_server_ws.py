@@ -502,6 +502,52 @@ def test_echo_text_and_binary():
                 assert client.recv() == (WebsocketDataType.BINARY, data)
 
 
+class CountingListener(socket.socket):
+    """A listening socket that counts its accept() calls and those that found none waiting."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.empty = 0
+
+    def accept(self):
+        self.calls += 1
+        try:
+            return super().accept()
+        except BlockingIOError:
+            self.empty += 1
+            raise
+
+
+def test_each_connection_costs_one_accept_and_none_finds_the_backlog_empty():
+    # Issue 15: every wakeup of the listener ended with an accept() failing with EAGAIN
+    # (~4 us of a ~80 us handshake); a poll of the listener now says when none is left.
+    listener = CountingListener(socket.AF_INET, socket.SOCK_STREAM)
+    server, rec = ws_server()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        server.listen_socket(listener)
+        with running(server) as port:
+            for _ in range(3):                                # one at a time
+                with connect(port) as client:
+                    client.send_text("one")
+                    assert client.recv() == (WebsocketDataType.TEXT, "one")
+            burst = [socket.create_connection(("127.0.0.1", port), timeout=T)
+                     for _ in range(5)]                       # several waiting together
+            try:
+                for sock in burst:
+                    sock.sendall(handshake_request("/"))
+                for sock in burst:
+                    assert read_response_head(sock)[0] == 101
+            finally:
+                for sock in burst:
+                    sock.close()
+        assert listener.calls == 8 and listener.empty == 0, (listener.calls, listener.empty)
+    finally:
+        listener.close()
+
+
 def test_user_data_in_signals():
     seen = []
 
