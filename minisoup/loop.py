@@ -1,24 +1,20 @@
-"""The event loop: one epoll loop per process, timers, signals, buffered sockets.
+"""The event loop: one ``selectors`` loop per process, timers, signals, buffered sockets.
 
 No threads. Everything that happens in a worker is a callback run from
 :meth:`Loop.run`: socket readiness, timers, POSIX signals (delivered through a
-wake-up socket so they interrupt ``epoll_wait``). The loop drives ``select.epoll``
-itself rather than through ``selectors`` (minisoup is Linux-only, setup.cfg): the
-selectors layer cost ~0.2 us per event and ~1 us per connection (register and
-unregister). :class:`SocketTransport` wraps one connected socket with a write
-buffer and drives a *protocol* object with the asyncio-like methods
-``data_received(data)``, ``eof_received()``, ``connection_lost(exc)`` and,
-optionally, ``write_drained()`` and the pair ``get_buffer()`` /
-``buffer_updated(nbytes)`` (receive straight into the protocol's memory when
-``get_buffer`` returns a view rather than None). Those interfaces are declared in
-:mod:`minisoup.interfaces`: :class:`SocketTransport` is a ``Transport``,
-:class:`Loop` a ``Clock``, :class:`Handle` a ``TimerHandle``.
+wake-up socket so they interrupt ``select``). :class:`SocketTransport` wraps one
+connected socket with a write buffer and drives a *protocol* object with the
+asyncio-like methods ``data_received(data)``, ``eof_received()``,
+``connection_lost(exc)`` and, optionally, ``write_drained()`` and the pair
+``get_buffer()`` / ``buffer_updated(nbytes)`` (receive straight into the
+protocol's memory when ``get_buffer`` returns a view rather than None). Those
+interfaces are declared in :mod:`minisoup.interfaces`: :class:`SocketTransport` is a
+``Transport``, :class:`Loop` a ``Clock``, :class:`Handle` a ``TimerHandle``.
 """
 
 import errno
 import heapq
 import logging
-import select
 import selectors
 import signal
 import socket
@@ -37,25 +33,9 @@ SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is l
 # detach(): how long queued bytes may take to leave before the socket is handed over
 # (blocking; only a client that stopped reading earlier pipelined responses makes it wait).
 DETACH_FLUSH_TIMEOUT_S = 5.0
-# The loop's event masks are selectors' (what register() takes and callbacks receive).
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
-_EVENT_READ = EVENT_READ
-_EVENT_WRITE = EVENT_WRITE
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
 _monotonic = time.monotonic
-# What epoll watches for each of our masks (index: EVENT_READ | EVENT_WRITE bits).
-_TO_EPOLL = (0, select.EPOLLIN, select.EPOLLOUT, select.EPOLLIN | select.EPOLLOUT)
-# epoll's reported events -> our mask, as selectors computes it: an error or hang-up
-# (EPOLLERR, EPOLLHUP) reads as both, so whichever callback is watching sees it. Only
-# these low bits are ever reported for what the loop registers (IN, PRI, OUT, ERR, HUP).
-_READY_BITS = 0x1f
-_FROM_EPOLL = tuple((EVENT_READ if ev & ~select.EPOLLOUT else 0)
-                    | (EVENT_WRITE if ev & ~select.EPOLLIN else 0) for ev in range(32))
-# Events fetched by one epoll_wait: more wait for the next iteration (epoll hands them
-# out round-robin). A fixed bound rather than one per registered socket: CPython
-# allocates the buffer on every call.
-MAX_EVENTS = 1024
-_EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)  # Linux 4.5+, Python 3.6+
 
 
 def _callback_name(callback: Any) -> str:
@@ -101,17 +81,10 @@ class Handle:
 
 
 class Loop:
-    """A single-threaded event loop over ``select.epoll`` (level-triggered)."""
+    """A single-threaded event loop over ``selectors.DefaultSelector``."""
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
-        # fd -> (callback, events, socket): one lookup per event. The socket is kept to find
-        # its entry when it is unregistered after being closed (fileno() is -1 then).
-        self._handlers: Dict[int, Tuple[Callable[[int], None], int, Any]] = {}
-        # fds registered while this iteration's events are being run: a later event of the
-        # same batch for such an fd was the closed socket's that had that number before.
-        self._fresh: List[int] = []
-        self._dispatching = False
+        self._selector = selectors.DefaultSelector()
         self._ready: Deque[Handle] = deque()
         self._timers: List[Handle] = []
         self._stopping = False
@@ -120,7 +93,7 @@ class Loop:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.register(self._wake_r, _EVENT_READ, self._on_wakeup)
+        self._selector.register(self._wake_r, _EVENT_READ, self._on_wakeup)
         self.slow_callback_s = SLOW_CALLBACK_S
         # Hot path: one receive buffer for every socket of this (single-threaded) loop.
         # sock.recv(READ_SIZE) mallocs a fresh 256 KiB bytes per call; unless the heap has
@@ -173,68 +146,38 @@ class Loop:
     # -- file descriptors ---------------------------------------------------
     def add_reader(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         """Call ``callback(events)`` whenever ``sock`` is readable."""
-        self.register(sock, _EVENT_READ, callback)
+        self._selector.register(sock, _EVENT_READ, callback)
 
     def add_exclusive_reader(self, sock: socket.socket, callback: Callable[[int], None]) -> None:
         """Like :meth:`add_reader`, but with ``EPOLLEXCLUSIVE`` where Linux offers it.
 
         Used for a listening socket shared by pre-forked workers: one new
         connection wakes one idle worker instead of all of them (the thundering
-        herd). Elsewhere it is a plain reader. Such a registration cannot be
-        :meth:`modify`-ed (epoll refuses it), only removed.
+        herd). Elsewhere it is a plain reader.
         """
-        self._add(sock, _EVENT_READ, callback, select.EPOLLIN | _EPOLLEXCLUSIVE)
+        self._selector.register(sock, _EVENT_READ, callback)
+        poller = getattr(self._selector, "_selector", None)
+        exclusive = getattr(__import__("select"), "EPOLLEXCLUSIVE", 0)
+        if exclusive and isinstance(self._selector, selectors.EpollSelector) and poller:
+            import select
+            poller.unregister(sock.fileno())
+            poller.register(sock.fileno(), select.EPOLLIN | exclusive)
 
     def remove_reader(self, sock: socket.socket) -> None:
-        """Stop watching ``sock`` (no error if it was not watched). Call it before
-        closing the socket: epoll forgets a closed socket by itself only when no
-        other descriptor refers to the same file."""
-        fd = sock.fileno()
-        if fd < 0:
-            fd = self._closed_fd(sock)
-        entry = self._handlers.get(fd)
-        if entry is None or entry[2] is not sock:
-            return  # not watched (the number may be another socket's now)
-        del self._handlers[fd]
+        """Stop watching ``sock`` (no error if it was not watched)."""
         try:
-            self._epoll.unregister(fd)
-        except OSError:
-            pass  # already closed: epoll dropped it with the file
-
-    def _closed_fd(self, sock: socket.socket) -> int:
-        # A socket closed before it was unwatched: find its entry by identity (rare).
-        for fd, entry in self._handlers.items():
-            if entry[2] is sock:
-                return fd
-        return -1
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
 
     def register(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
         """Call ``callback(mask)`` when ``sock`` is ready for ``events``
-        (``EVENT_READ | EVENT_WRITE``, selectors' values); ``KeyError`` if already watched."""
-        self._add(sock, events, callback, _TO_EPOLL[events])
-
-    def _add(self, sock: socket.socket, events: int, callback: Callable[[int], None],
-             epoll_events: int) -> None:
-        fd = sock.fileno()
-        if fd < 0:
-            raise ValueError("cannot watch a closed socket")
-        if fd in self._handlers:
-            raise KeyError("%r (fd %d) is already registered" % (sock, fd))
-        self._epoll.register(fd, epoll_events)
-        self._handlers[fd] = (callback, events, sock)
-        if self._dispatching:
-            self._fresh.append(fd)
+        (``selectors.EVENT_READ | EVENT_WRITE``); ``KeyError`` if already watched."""
+        self._selector.register(sock, events, callback)
 
     def modify(self, sock: socket.socket, events: int, callback: Callable[[int], None]) -> None:
-        """Change the events (and callback) of a ``sock`` given to :meth:`register`;
-        ``KeyError`` if it is not watched."""
-        fd = sock.fileno()
-        entry = self._handlers.get(fd)
-        if entry is None or entry[2] is not sock:
-            raise KeyError("%r is not registered" % (sock,))
-        if entry[1] != events:
-            self._epoll.modify(fd, _TO_EPOLL[events])
-        self._handlers[fd] = (callback, events, sock)
+        """Change the events (and callback) of a ``sock`` given to :meth:`register`."""
+        self._selector.modify(sock, events, callback)
 
     # -- signals ------------------------------------------------------------
     def add_signal_handler(self, signum: int, callback: Callable[[int], None]) -> None:
@@ -290,39 +233,24 @@ class Loop:
     def run(self) -> None:
         """Run until :meth:`stop` is called (a stop requested before ``run`` makes it return
         at once, so a stop from another thread cannot be lost in a race with the start)."""
-        poll = self._epoll.poll
-        handlers = self._handlers
-        fresh = self._fresh
-        from_epoll = _FROM_EPOLL
+        select = self._selector.select
         ready = self._ready
         timers = self._timers
         run_callback = self._run_callback
         while not self._stopping:
-            timeout: float
+            timeout: Optional[float]
             if ready:
                 timeout = 0.0
             elif timers:
                 timeout = max(0.0, timers[0].when - _monotonic())
             else:
-                timeout = -1.0
+                timeout = None
             try:
-                events = poll(timeout, MAX_EVENTS)
+                events = select(timeout)
             except InterruptedError:
                 events = []
-            self._dispatching = True
-            for fd, ev in events:
-                # Looked up now, not when epoll_wait returned: a callback earlier in the
-                # batch may have unregistered this fd (its event is dropped) or closed it
-                # and registered a new socket that got the same number (see _fresh).
-                entry = handlers.get(fd)
-                if entry is None or fresh and fd in fresh:
-                    continue
-                mask = from_epoll[ev & _READY_BITS] & entry[1]
-                if mask:
-                    run_callback(entry[0], (mask,))
-            self._dispatching = False
-            if fresh:
-                fresh.clear()
+            for key, mask in events:
+                run_callback(key.data, (mask,))
             if self._pending_signals:
                 self._dispatch_signals()
             if timers:
@@ -365,10 +293,9 @@ class Loop:
                         "; last handler run: %s" % _callback_name(user) if user is not None else "")
 
     def close(self) -> None:
-        """Release the epoll instance and wake-up sockets."""
+        """Release the selector and wake-up sockets."""
         self.remove_signal_handlers()
-        self._handlers.clear()
-        self._epoll.close()
+        self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
 
