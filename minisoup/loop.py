@@ -33,8 +33,8 @@ SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is l
 # detach(): how long queued bytes may take to leave before the socket is handed over
 # (blocking; only a client that stopped reading earlier pipelined responses makes it wait).
 DETACH_FLUSH_TIMEOUT_S = 5.0
-_EVENT_READ = selectors.EVENT_READ
-_EVENT_WRITE = selectors.EVENT_WRITE
+EVENT_READ = _EVENT_READ = selectors.EVENT_READ     # for register()/modify()
+EVENT_WRITE = _EVENT_WRITE = selectors.EVENT_WRITE
 _monotonic = time.monotonic
 
 
@@ -85,6 +85,7 @@ class Loop:
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
+        self._keys = self._selector.get_map()  # fd → the key registered now
         self._ready: Deque[Handle] = deque()
         self._timers: List[Handle] = []
         self._stopping = False
@@ -249,8 +250,20 @@ class Loop:
                 events = select(timeout)
             except InterruptedError:
                 events = []
-            for key, mask in events:
+            if len(events) == 1:
+                key, mask = events[0]
                 run_callback(key.data, (mask,))
+            else:
+                # A callback may unwatch another socket of the same batch, close it, and
+                # watch a new one that gets the same descriptor number: that socket's
+                # event must reach neither the callback removed nor the new socket's.
+                # Only a key still registered as it was is run; a key replaced by
+                # modify() is skipped too, harmlessly (epoll is level-triggered: its
+                # event comes back at the next select).
+                keys = self._keys
+                for key, mask in events:
+                    if keys.get(key.fd) is key:
+                        run_callback(key.data, (mask,))
             if self._pending_signals:
                 self._dispatch_signals()
             if timers:

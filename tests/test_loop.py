@@ -6,7 +6,7 @@ import signal
 import socket
 import time
 
-from minisoup.loop import Loop, SocketTransport
+from minisoup.loop import EVENT_READ, EVENT_WRITE, Loop, SocketTransport
 
 
 class Recorder:
@@ -350,4 +350,110 @@ def test_handing_over_to_a_protocol_with_optional_methods_allocates_nothing_per_
         for transport, _first, peer in pairs:
             transport.abort()
             peer.close()
+        loop.close()
+
+
+def test_register_and_modify_keep_selectors_rules():
+    loop = Loop()
+    ours, peer = socket.socketpair()
+    try:
+        loop.register(ours, EVENT_READ, lambda mask: None)
+        try:
+            loop.register(ours, EVENT_READ, lambda mask: None)
+            raise AssertionError("registered twice")
+        except KeyError:
+            pass
+        loop.remove_reader(ours)
+        loop.remove_reader(ours)                  # not watched: no error
+        try:
+            loop.modify(ours, EVENT_WRITE, lambda mask: None)
+            raise AssertionError("modified an unwatched socket")
+        except KeyError:
+            pass
+    finally:
+        ours.close()
+        peer.close()
+        loop.close()
+
+
+def test_callbacks_get_the_events_they_asked_for():
+    loop = Loop()
+    ours, peer = socket.socketpair()
+    got = []
+    try:
+        loop.register(ours, EVENT_WRITE, got.append)   # writable at once, not readable
+        peer.sendall(b"x")
+        run_until(loop, lambda: got)
+        assert set(got) == {EVENT_WRITE}
+        got.clear()
+        loop.modify(ours, EVENT_READ | EVENT_WRITE, got.append)
+        run_until(loop, lambda: got)
+        assert got[0] == EVENT_READ | EVENT_WRITE
+        got.clear()
+        loop.modify(ours, EVENT_READ, got.append)
+        peer.close()                                   # a hang-up reads as readable only
+        run_until(loop, lambda: got)
+        assert set(got) == {EVENT_READ}
+    finally:
+        loop.remove_reader(ours)
+        ours.close()
+        peer.close()
+        loop.close()
+
+
+def test_a_socket_closed_before_it_is_unwatched_can_still_be_removed():
+    loop = Loop()
+    ours, peer = socket.socketpair()
+    loop.add_reader(ours, lambda mask: None)
+    ours.close()
+    loop.remove_reader(ours)                           # found by identity, fileno() is -1
+    again, other = socket.socketpair()                 # likely the same descriptor number
+    try:
+        loop.add_reader(again, lambda mask: None)      # no "already registered"
+        loop.remove_reader(again)
+    finally:
+        for sock in (peer, again, other):
+            sock.close()
+        loop.close()
+
+
+def test_no_event_reaches_a_socket_unwatched_or_replaced_earlier_in_the_same_batch():
+    # Two readable sockets come back from one epoll_wait. Whichever callback runs first
+    # closes the other socket and watches a fresh one in its place, with the same
+    # descriptor number: the other's event must reach neither the callback removed nor
+    # the new socket's (nothing was sent to it).
+    loop = Loop()
+    pairs = [socket.socketpair() for _ in range(2)]
+    calls = []
+    replacement = []
+
+    def make_callback(index):
+        def on_readable(mask):
+            calls.append(index)
+            if len(calls) > 1:
+                return
+            other_sock = pairs[1 - index][0]
+            number = other_sock.fileno()
+            loop.remove_reader(other_sock)
+            other_sock.close()
+            fresh, fresh_peer = socket.socketpair()
+            replacement.extend([fresh, fresh_peer])
+            assert number in (fresh.fileno(), fresh_peer.fileno())
+            if fresh.fileno() != number:
+                fresh, fresh_peer = fresh_peer, fresh
+            loop.add_reader(fresh, lambda mask: calls.append("replacement"))
+            loop.remove_reader(pairs[index][0])
+        return on_readable
+
+    try:
+        for index, (ours, peer) in enumerate(pairs):
+            loop.add_reader(ours, make_callback(index))
+            peer.sendall(b"x")
+        loop.call_later(0.05, loop.stop)
+        loop.run()
+        assert len(calls) == 1, calls
+    finally:
+        for sock in [s for pair in pairs for s in pair] + replacement:
+            loop.remove_reader(sock)
+            sock.close()
         loop.close()
