@@ -1443,7 +1443,7 @@ def print_peer_targets(peers: list, table: dict) -> None:
 
 
 def bench_peers(timing: dict) -> None:
-    print("6. Peers: minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c), aiohttp, "
+    print("7. Peers: minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c), aiohttp, "
           "python-websockets and")
     print("   the stdlib, each server in one process; load: tools/wsload.c (WebSocket, binary "
           "messages, no")
