@@ -22,6 +22,16 @@ class _LastCallback(threading.local):
 last_callback = _LastCallback()
 
 
+def check_signal(emitter: Any, name: str, callback: Any) -> None:
+    """``ValueError`` unless ``name`` is one of ``emitter.SIGNALS``; ``TypeError`` unless
+    ``callback`` is callable (what every ``connect`` checks first)."""
+    if name not in emitter.SIGNALS:
+        raise ValueError("%s has no signal %r (signals: %s)"
+                         % (type(emitter).__name__, name, ", ".join(emitter.SIGNALS)))
+    if not callable(callback):
+        raise TypeError("callback must be callable")
+
+
 def new_handler_id() -> int:
     """A fresh signal handler id, unique in the process (for emitters that keep their
     handlers in their own compact form, as ``websocket.WebsocketConnection``)."""
@@ -44,11 +54,7 @@ class SignalEmitter:
 
     def connect(self, name: str, callback: Callable[..., Any], *user_data: Any) -> int:
         """Call ``callback(self, *args, *user_data)`` on each emission of ``name``; returns an id."""
-        if name not in self.SIGNALS:
-            raise ValueError("%s has no signal %r (signals: %s)"
-                             % (type(self).__name__, name, ", ".join(self.SIGNALS)))
-        if not callable(callback):
-            raise TypeError("callback must be callable")
+        check_signal(self, name, callback)
         handler_id = new_handler_id()
         self._handlers_map().setdefault(name, []).append((handler_id, callback, user_data))
         return handler_id

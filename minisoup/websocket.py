@@ -16,7 +16,7 @@ from .errors import Error
 from .frames import (CloseCode, FrameParser, Opcode, ProtocolError, Utf8Validator,
                      build_close_payload, frame_header, is_valid_close_code,
                      parse_close_payload, apply_mask)
-from .signals import SignalEmitter, last_callback, new_handler_id
+from .signals import SignalEmitter, check_signal, last_callback, new_handler_id
 
 log = logging.getLogger("minisoup")
 
@@ -161,11 +161,7 @@ class WebsocketConnection(SignalEmitter):
     def connect(self, name: str, callback: Callable[..., Any], *user_data: Any) -> int:
         """Call ``callback(self, *args, *user_data)`` on each emission of ``name``;
         returns an id for :meth:`disconnect_signal`."""
-        if name not in self.SIGNALS:
-            raise ValueError("%s has no signal %r (signals: %s)"
-                             % (type(self).__name__, name, ", ".join(self.SIGNALS)))
-        if not callable(callback):
-            raise TypeError("callback must be callable")
+        check_signal(self, name, callback)
         handler_id = new_handler_id()
         self._signals = (self._signals or ()) + ((name, handler_id, callback, user_data),)
         return handler_id
