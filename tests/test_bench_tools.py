@@ -96,3 +96,70 @@ def test_anchor_libsoup_c_prints_its_port_and_echoes(wsload, tmp_path):
         proc.kill()
         proc.wait(RUN_TIMEOUT_S)
         proc.stdout.close()
+
+
+def fanout_server():
+    """The bench's fan-out application (tools/bench_servers.py's): subscribers on /fanout,
+    greeted ``W<worker id>``; each message on /fanout-trigger is published to them all."""
+    def on_subscriber(server, msg, path, conn, user_data):
+        conn.subscribe("room")
+        conn.send_text("W%d" % server.get_worker_id())
+
+    def on_trigger(server, msg, path, conn, user_data):
+        conn.connect("message", lambda c, kind, data: server.publish("room", data))
+
+    server = minisoup.Server()
+    server.add_websocket_handler("/fanout-trigger", None, None, on_trigger)
+    server.add_websocket_handler("/fanout", None, None, on_subscriber)
+    return server
+
+
+def read_line(proc, timeout=RUN_TIMEOUT_S):
+    """One line of ``proc``'s stdout, or a failure after ``timeout`` seconds."""
+    import select
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no line from wsload within %.0f s" % timeout
+    return proc.stdout.readline().decode()
+
+
+def test_wsload_fanout_accounts_every_publication(wsload, serve):
+    import loadgen   # tools/ is on the path (above)
+    conns = 6
+    # The third publication is larger than wsload's read buffer: it spans reads.
+    payloads = [b"P0 " + b"x" * 97, b"P1 " + b"y" * 200, b"P2 " + b"z" * 70000]
+    with serve(fanout_server()) as port:
+        proc = subprocess.Popen([wsload, "fanout", "127.0.0.1", str(port), "/fanout", str(conns),
+                                 "0", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        trigger = None
+        try:
+            ready = read_line(proc)
+            assert ready.startswith("READY ")
+            assert json.loads(ready[6:]) == {"conns": conns, "workers": {"0": conns}}
+            import socket
+            import time
+            trigger = socket.create_connection(("127.0.0.1", port), timeout=RUN_TIMEOUT_S)
+            loadgen.ws_upgrade(trigger, "127.0.0.1", port, "/fanout-trigger")
+            for seq, payload in enumerate(payloads):
+                sent_real, sent_mono = time.time(), time.monotonic()
+                trigger.sendall(loadgen.client_frame(loadgen.OP_TEXT, payload))
+                fields = read_line(proc).split(" ", 6)
+                assert fields[:2] == ["GOT", str(seq)] and int(fields[5]) == conns
+                first, last, last_read = (float(f) for f in fields[2:5])
+                # Kernel receive timestamps (wall clock), then the monotonic clock.
+                assert sent_real - 1 < first <= last < sent_real + 10
+                assert sent_mono <= last_read < sent_mono + 10
+                spans = json.loads(fields[6])
+                assert list(spans) == ["0"] and spans["0"] == [first, last]
+            proc.stdin.write(b"END\n")
+            proc.stdin.flush()
+            assert json.loads(read_line(proc)) == {"errors": 0, "conns": conns}
+            assert proc.wait(RUN_TIMEOUT_S) == 0
+        finally:
+            if trigger is not None:
+                trigger.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(RUN_TIMEOUT_S)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                stream.close()

@@ -20,7 +20,8 @@
    minisoup dependency); without it (no network) the peer is skipped and says why.
 6. Publish/subscribe fan-out: one 100-byte text publication to 10,000 subscribers, with
    run(workers=1) and run(workers=2), against python-websockets' broadcast() in one
-   process (same virtualenv), all driven by tools/fanload.py: deliveries/s and the time
+   process (same virtualenv), all driven by wsload's fanout mode (tools/wsload.c; without
+   a C compiler tools/fanload.py, the same in Python, ~5x its CPU): deliveries/s and the time
    until the last subscriber has it (median, p99); targets >= 1x and >= 1.5x websockets.
 7. Peers (issue 15's table): minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c),
    aiohttp and python-websockets (from .venv-bench/) and the stdlib server, each pinned to
@@ -900,7 +901,17 @@ def _fanout_cpu(server: ServerProcess, loads: list) -> tuple:
             _machine_busy(), sum(v[0] for v in server_cpu))
 
 
-def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int) -> None:
+def fanout_load_command(wsload: str, port: int, conns: int) -> list:
+    """One load process's command: ``wsload fanout`` where it is built, else tools/fanload.py
+    (the same protocol and output; about 5 us of its CPU per delivery against well under 1)."""
+    if wsload:
+        return [wsload, "fanout", "127.0.0.1", str(port), "/fanout", str(conns), str(FANOUT_NICE)]
+    return [sys.executable, FANLOAD, "--port", str(port), "--conns", str(conns),
+            "--nice", str(FANOUT_NICE)]
+
+
+def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int,
+                 wsload: str = "") -> None:
     """Start the server, subscribe ``FANOUT_SUBSCRIBERS`` connections, trigger
     ``FANOUT_WARMUP + pubs`` publications one at a time; add the measured ones to ``run``."""
     per_proc = FANOUT_SUBSCRIBERS // FANOUT_LOAD_PROCS
@@ -911,8 +922,7 @@ def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int
                 err = tempfile.TemporaryFile()
                 errfiles.append(err)
                 loads.append(subprocess.Popen(
-                    [sys.executable, FANLOAD, "--port", str(server.port), "--conns",
-                     str(per_proc), "--nice", str(FANOUT_NICE)], stdin=subprocess.PIPE,
+                    fanout_load_command(wsload, server.port, per_proc), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=err, start_new_session=True, cwd=ROOT))
             for proc in loads:
                 text = _readline(proc, FANOUT_SETUP_TIMEOUT_S)
@@ -986,8 +996,11 @@ def bench_fanout(timing: dict) -> None:
     pubs = max(10, int(timing["duration"] * FANOUT_PUBS_PER_S))
     print("6. Publish/subscribe fan-out: one %d-byte text publication to %s subscribers, "
           "against python-websockets'" % (FANOUT_SIZE, format(FANOUT_SUBSCRIBERS, ",")))
-    print("   broadcast() to as many connections in one process. Load: tools/fanload.py, %d "
-          "processes x %s idle" % (FANOUT_LOAD_PROCS,
+    import peer_tools  # tools/ is on the path (above)
+    wsload, why = peer_tools.build_wsload()
+    print("   broadcast() to as many connections in one process. Load: %s, %d "
+          "processes x %s idle" % ("tools/wsload.c fanout" if wsload else "tools/fanload.py",
+                                    FANOUT_LOAD_PROCS,
                                     format(FANOUT_SUBSCRIBERS // FANOUT_LOAD_PROCS, ",")))
     print("   subscribers (epoll, nice %d); a trigger connection sends a text message that the "
           "server publishes" % FANOUT_NICE)
@@ -1000,6 +1013,9 @@ def bench_fanout(timing: dict) -> None:
     print("   subscribers / time until the last one has it (median over publications); CPU is "
           "over the fan-out")
     print("   windows (trigger sent until every copy was read).")
+    if not wsload:
+        print("   load generator: tools/fanload.py (Python, ~5 us of CPU per delivery), as "
+              "wsload is not built: %s" % why)
     peer, about = websockets_peer()
     if peer:
         print("   peer: websockets %s" % about.split(" | ", 1)[0])
@@ -1012,7 +1028,7 @@ def bench_fanout(timing: dict) -> None:
     runs = {label: FanoutRun() for label, _kind, _workers, _python in cases}
     for round_no in range(timing["rounds"]):
         for label, kind, workers, python in (cases if round_no % 2 == 0 else cases[::-1]):
-            fanout_round(runs[label], kind, workers, python, pubs)
+            fanout_round(runs[label], kind, workers, python, pubs, wsload)
     for label, _kind, _workers, _python in cases:
         run = runs[label]
         if not run.last:
