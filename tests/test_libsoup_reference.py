@@ -116,15 +116,16 @@ def _register(server):
     server.add_websocket_handler("/echo", None, None, on_echo)
 
 
-@pytest.fixture(scope="module")
-def ports():
-    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", LIBSOUP_SERVER], stdin=subprocess.PIPE,
+def _both_servers(libsoup_script, register):
+    """Start the libsoup server of ``libsoup_script`` (it prints its port, and stops when
+    its stdin closes) and a minisoup server set up by ``register``; yield both ports."""
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", libsoup_script], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         line = proc.stdout.readline()
         assert line.strip().isdigit(), "libsoup server did not start: %r" % line
         server = minisoup.Server()
-        _register(server)
+        register(server)
         server.listen(("127.0.0.1", 0))
         with running(server) as port:
             yield int(line), port
@@ -135,6 +136,11 @@ def ports():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def ports():
+    yield from _both_servers(LIBSOUP_SERVER, _register)
 
 
 def _key():
@@ -839,23 +845,7 @@ def _register_auth(server):
 
 @pytest.fixture(scope="module")
 def auth_ports():
-    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", LIBSOUP_AUTH_SERVER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip().isdigit(), "libsoup server did not start: %r" % line
-        server = minisoup.Server()
-        _register_auth(server)
-        server.listen(("127.0.0.1", 0))
-        with running(server) as port:
-            yield int(line), port
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    yield from _both_servers(LIBSOUP_AUTH_SERVER, _register_auth)
 
 
 _NONCE = re.compile(r'nonce="[^"]*"')
