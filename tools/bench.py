@@ -129,6 +129,17 @@ def _stop_group(proc: subprocess.Popen) -> None:
         proc.wait(STOP_TIMEOUT_S)
 
 
+def _stop_loads(loads: list) -> None:
+    """Stop each load-generator process (its whole group) and close its pipes."""
+    for proc in loads:
+        _stop_group(proc)
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
 def _readline(proc: subprocess.Popen, timeout: float) -> str:
     """One line of ``proc``'s stdout, or RuntimeError after ``timeout`` seconds."""
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -329,13 +340,7 @@ def run_load(server: ServerProcess, mode: str, procs: int, conns: int, timing: d
             load_log += err.read().decode(errors="replace").splitlines()
         return Result(rows, seconds, server_cpu, busy1 - busy0, load_log, server.log_lines())
     finally:
-        for proc in loads:
-            _stop_group(proc)
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+        _stop_loads(loads)
         for err in errfiles:
             err.close()
 
@@ -975,13 +980,7 @@ def fanout_round(run: FanoutRun, kind: str, workers: int, python: str, pubs: int
         finally:
             if trigger is not None:
                 trigger.close()
-            for proc in loads:
-                _stop_group(proc)
-                for stream in (proc.stdin, proc.stdout):
-                    try:
-                        stream.close()
-                    except OSError:
-                        pass
+            _stop_loads(loads)
             for err in errfiles:
                 err.seek(0)
                 run.notes += ["load: " + text for text in
