@@ -39,6 +39,17 @@ pytestmark = pytest.mark.skipif(not _libsoup_available(),
                                 reason="libsoup 3 (gir1.2-soup-3.0, python3-gi) is not installed")
 
 # The same registrations in both servers.
+# The end of each libsoup server script: listen on a free port, print it, serve until the
+# test closes the script's stdin.
+LIBSOUP_SERVE = """
+server.listen_local(0, Soup.ServerListenOptions.IPV4_ONLY)
+print(server.get_uris()[0].get_port(), flush=True)
+loop = GLib.MainLoop()
+GLib.io_add_watch(GLib.IOChannel.unix_new(sys.stdin.fileno()), GLib.IO_IN | GLib.IO_HUP,
+                  lambda *a: loop.quit())
+loop.run()
+"""
+
 LIBSOUP_SERVER = r"""
 import json
 import sys
@@ -78,13 +89,7 @@ server.add_handler("/r", redirect)
 server.add_websocket_handler("/ws", "http://Example.com", ["b", "a"], on_ws)
 server.add_websocket_handler("/open", None, None, on_ws)
 server.add_websocket_handler("/echo", None, None, on_echo)
-server.listen_local(0, Soup.ServerListenOptions.IPV4_ONLY)
-print(server.get_uris()[0].get_port(), flush=True)
-loop = GLib.MainLoop()
-GLib.io_add_watch(GLib.IOChannel.unix_new(sys.stdin.fileno()), GLib.IO_IN | GLib.IO_HUP,
-                  lambda *a: loop.quit())
-loop.run()
-"""
+""" + LIBSOUP_SERVE
 
 
 def _register(server):
@@ -810,13 +815,7 @@ digest.add_path("/d")
 digest.add_path("/both")
 server.add_auth_domain(basic)
 server.add_auth_domain(digest)
-server.listen_local(0, Soup.ServerListenOptions.IPV4_ONLY)
-print(server.get_uris()[0].get_port(), flush=True)
-loop = GLib.MainLoop()
-GLib.io_add_watch(GLib.IOChannel.unix_new(sys.stdin.fileno()), GLib.IO_IN | GLib.IO_HUP,
-                  lambda *a: loop.quit())
-loop.run()
-"""
+""" + LIBSOUP_SERVE
 
 
 def _register_auth(server):
