@@ -175,6 +175,31 @@ def test_message_headers_refuse_injection():
     assert h.header_contains("Connection", "x") is False
 
 
+
+def test_header_values_found_valid_are_remembered_but_never_a_bad_one():
+    # The checked values are cached (hot path): the cache must only ever skip the check
+    # for the same valid string, never for a bad one nor for a non-str value.
+    class Shouting(str):
+        def __str__(self):
+            return "text/plain\r\nX-Injected: 1"
+
+    h = MessageHeaders()
+    for _ in range(3):
+        h.replace("Content-Type", "text/plain")
+        h.append("X-Ok", "text/plain")
+        with pytest.raises(ValueError):
+            h.replace("Content-Type", "text/plain\r\nX-Injected: 1")
+        with pytest.raises(ValueError):
+            h.append("X-Ok", "text/plain\x00")
+        with pytest.raises(ValueError):
+            h.replace("Content-Type", Shouting("text/plain"))  # str() is what is written
+    h.replace("X-Number", 5)
+    assert h.get_one("X-Number") == "5"
+    for i in range(1000):  # more distinct values than are remembered
+        h.replace("X-Many", "v%d" % i)
+    assert h.get_one("X-Many") == "v999" and h.get_one("Content-Type") == "text/plain"
+
+
 def test_response_head_and_chunks():
     h = MessageHeaders([("Content-Length", "2")])
     assert build_response_head("HTTP/1.1", 200, "OK", h) == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
