@@ -1,6 +1,7 @@
 """``Server``: libsoup's SoupServer — handler table, listening sockets, the worker loop."""
 
 import errno
+import ipaddress
 import logging
 import select
 import signal
@@ -658,8 +659,7 @@ class Server(SignalEmitter):
     def _make_acceptor(self, listener: socket.socket) -> Callable[[int], None]:
         # Hot path: what every connection from this listener shares, looked up once here
         # (socket.family converts to an enum member on every read: ~0.35 us).
-        tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
-        tls = listener in self._https_listeners
+        acceptor = _Acceptor(listener, listener in self._https_listeners)
         # After each accept, a poll() of this listener alone says whether another connection
         # waits (~0.3 us): cheaper than the accept() failing with EAGAIN that used to end
         # every wakeup (~4 us, most of it the BlockingIOError).
@@ -668,7 +668,7 @@ class Server(SignalEmitter):
         waiting = backlog.poll
 
         def on_readable(events: int) -> None:
-            self._accept(listener, waiting, tcp, tls)
+            self._accept(listener, waiting, acceptor)
         return on_readable
 
     def _start_accepting(self) -> None:
@@ -703,8 +703,8 @@ class Server(SignalEmitter):
         """The pre-fork worker's gate, if any: may this worker take more connections now?"""
         return self._gate is None or self._gate.may_accept()
 
-    def _accept(self, listener: socket.socket, waiting: Callable[[int], list], tcp: bool,
-                tls: bool) -> None:
+    def _accept(self, listener: socket.socket, waiting: Callable[[int], list],
+                acceptor: "_Acceptor") -> None:
         """Accept the connections waiting on ``listener``, at most ``ACCEPT_PER_WAKEUP``;
         ``waiting(0)``: a poll of the listener, empty once none is left."""
         for _ in range(ACCEPT_PER_WAKEUP):
@@ -723,7 +723,7 @@ class Server(SignalEmitter):
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
-            self._new_connection(sock, addr, tcp, tls)
+            self._new_connection(sock, addr, acceptor)
             if not self._accepting:
                 return
             if self._connection_count() >= self.max_connections or not self._may_accept():
@@ -732,14 +732,17 @@ class Server(SignalEmitter):
             if not waiting(0):
                 return
 
-    def _new_connection(self, sock: socket.socket, addr: Any, tcp: bool, tls: bool) -> None:
+    def _new_connection(self, sock: socket.socket, addr: Any, acceptor: "_Acceptor") -> None:
         sock.setblocking(False)
-        if tcp:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            local = sock.getsockname()
-        except OSError:
-            local = None
+        if acceptor.set_nodelay:
+            acceptor.nodelay(sock)
+        local = acceptor.local
+        if local is None:
+            try:
+                local = sock.getsockname()
+            except OSError:
+                local = None
+        tls = acceptor.tls
         if tls:
             conn = HTTPConnection(self._owner, None, addr, local, scheme="https")
             conn.transport = TLSTransport(self._loop, sock, conn, self._tls.context, addr)
@@ -845,6 +848,47 @@ class Server(SignalEmitter):
         access_log.info('%s "%s %s %s" %d %d %.1fms', msg.get_remote_host() or "-",
                         msg.get_method(), quote_path(msg.get_uri().path), msg.get_http_version(),
                         msg.get_status(), length, elapsed)
+
+
+class _Acceptor:
+    """What the connections accepted from one listener share, worked out once: whether
+    it is TLS, the local address when the listener is bound to one address (each
+    connection's own ``getsockname()`` would give the same), and whether TCP_NODELAY
+    still has to be set on each connection (Linux copies the listener's to the
+    connections it accepts: checked on the first one, then no ``setsockopt`` per
+    connection)."""
+
+    __slots__ = ("tls", "local", "set_nodelay", "_probe")
+
+    def __init__(self, listener: socket.socket, tls: bool) -> None:
+        self.tls = tls
+        self.local: Any = None
+        tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+        self.set_nodelay = tcp
+        self._probe = tcp  # the first connection says whether the listener's is inherited
+        if not tcp:
+            return
+        try:
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            local = listener.getsockname()
+        except OSError:
+            return
+        address = ipaddress.ip_address(local[0].split("%", 1)[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        if not (mapped or address).is_unspecified:
+            self.local = local
+
+    def nodelay(self, sock: socket.socket) -> None:
+        """Small writes go out at once (no Nagle delay) on ``sock``, a new connection."""
+        try:
+            if self._probe:
+                self._probe = False
+                if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                    self.set_nodelay = False  # inherited from the listener
+                    return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def _websocket_uri(uri: Any) -> Any:

@@ -681,3 +681,53 @@ def test_date_and_server_are_set_before_the_handler_as_libsoup_does():
         _, _, resp = get(port, "/")
         assert resp.getheader("Server") is None and resp.getheader("Date")
     assert seen[-1] == (None, True)
+
+
+def _addresses_seen(server, connect_to):
+    """(local address, TCP_NODELAY of the connection's socket) as a handler sees them."""
+    seen = []
+
+    def handler(server, msg, path, query, user_data):
+        sock = msg.get_socket()
+        seen.append((msg.get_local_address(),
+                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+        msg.set_response("text/plain", "ok")
+        msg.set_status(200)
+
+    server.add_handler("/", handler)
+    with running(server) as port:
+        for _ in range(2):  # the first connection and a later one (the accept path's probe)
+            with socket.create_connection((connect_to, port), timeout=5) as sock:
+                sock.settimeout(5)
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert recv_until_closed(sock).startswith(b"HTTP/1.1 200")
+    return port, seen
+
+
+def test_local_address_and_nodelay_on_a_listener_bound_to_one_address():
+    server = minisoup.Server()
+    server.listen(("127.0.0.1", 0))
+    port, seen = _addresses_seen(server, "127.0.0.1")
+    assert [local for local, _ in seen] == [("127.0.0.1", port)] * 2
+    assert all(nodelay for _, nodelay in seen)  # small responses are not held by Nagle
+
+
+def test_local_address_on_a_wildcard_listener_is_the_address_connected_to():
+    # Bound to 0.0.0.0, the listener's own address says nothing: each connection's does.
+    server = minisoup.Server()
+    server.listen(("0.0.0.0", 0))
+    port, seen = _addresses_seen(server, "127.0.0.1")
+    assert [local for local, _ in seen] == [("127.0.0.1", port)] * 2
+    assert all(nodelay for _, nodelay in seen)
+
+
+def test_nodelay_is_set_on_connections_of_a_listener_given_without_it():
+    # listen_socket(): a socket made by the application, TCP_NODELAY off.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    assert not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    server = minisoup.Server()
+    server.listen_socket(sock)
+    port, seen = _addresses_seen(server, "127.0.0.1")
+    assert all(nodelay for _, nodelay in seen)
