@@ -1105,6 +1105,9 @@ PEER_COLUMNS = (("echo", "64 B echo msg/s (50 conns × 8 in flight)"), ("p99", "
                 ("big", "1 MiB echo MB/s"), ("hs", "handshakes/s"),
                 ("idle", "KiB / idle conn"), ("http", "HTTP keep-alive GET req/s (wrk, 32 conns)"))
 WS_FIGURES, HTTP_FIGURES = ("echo", "big", "hs", "idle"), ("http",)
+# Not a peer: minisoup's loop and transport answering each head with constant bytes
+# (bench_servers.py raw-http), what the HTTP figure would be if HTTP cost nothing.
+FLOOR_LABEL = "floor: minisoup's loop alone, a constant answer (no HTTP)"
 TARGET_PEER_HTTP = 2.0        # minisoup / libsoup C, HTTP keep-alive GET
 TARGET_PEER_ECHO = 1.5        # minisoup / libsoup C, 64-byte echo
 TARGET_PEER_P99_MS = 5.0      # minisoup's 64-byte echo p99, at most
@@ -1380,6 +1383,7 @@ def peer_rows() -> tuple:
     else:
         skipped.append("python-websockets: " + about)
     peers.append(Peer("stdlib ThreadingHTTPServer (HTTP only)", "stdlib", only(HTTP_FIGURES)))
+    peers.append(Peer(FLOOR_LABEL, "raw-http", only(HTTP_FIGURES)))
     return [p for p in peers if p.figures], tools, skipped
 
 
@@ -1448,6 +1452,16 @@ def print_peer_targets(peers: list, table: dict) -> None:
              % (target, unit, "MET" if value <= target else "MISSED"))
 
     against("HTTP keep-alive GET", "http", libsoup, TARGET_PEER_HTTP)
+    floor = table.get((FLOOR_LABEL, "http"))
+    theirs = table.get((libsoup.label, "http")) if libsoup else None
+    if mine["http"] is not None and floor is not None and theirs is not None:
+        def us(figure: PeerFigure) -> float:  # server CPU per request
+            return figure.cpu[0] * 1e6 / figure.value if figure.cpu and figure.value else 0.0
+        detail("server CPU per request: minisoup %.1f us, of which the loop and the kernel "
+               "alone (the floor row) %.1f us and HTTP %.1f us; libsoup C %.1f us; %.1fx "
+               "libsoup needs <= %.1f us" % (us(mine["http"]), us(floor),
+                                            us(mine["http"]) - us(floor), us(theirs),
+                                            TARGET_PEER_HTTP, us(theirs) / TARGET_PEER_HTTP))
     against("64 B echo", "echo", libsoup, TARGET_PEER_ECHO)
     at_most("64 B echo p99, minisoup", mine["echo"].p99_ms if mine["echo"] else None, "ms",
             TARGET_PEER_P99_MS)

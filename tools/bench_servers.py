@@ -15,6 +15,10 @@ SIGTERM. KIND:
   stdlib-nagle  the same with the stdlib's default, Nagle's algorithm on.
   raw-echo  a TCP echo server on minisoup's own Loop and SocketTransport (no framing):
             the floor a WebSocket echo on the same loop is compared with.
+  raw-http  minisoup's own Loop and SocketTransport answering each request head with the
+            bytes minisoup answers ``GET /hello`` with (made once per second, for the
+            Date): no parsing, no message, no handler. The floor of the HTTP figure:
+            what the loop and the kernel cost per request without any HTTP.
   minisoup-tls   the minisoup server above on an HTTPS listener (wss://), with the test
             certificate of tests/tls/ (server.pem, signed by ca.pem).
   websockets-tls python-websockets (its asyncio server) echoing at every path over TLS
@@ -46,6 +50,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
@@ -239,11 +244,58 @@ class EchoProtocol:
 
 
 def serve_raw_echo() -> None:
+    serve_on_loop(EchoProtocol)
+
+class ConstantHTTP:
+    """Answers every request head (up to its blank line) with one constant response: the
+    loop's and the kernel's share of a keep-alive GET, without HTTP. Pipelined heads in
+    one read each get their answer; a head split over reads is answered when it ends."""
+
+    __slots__ = ("transport", "pending")
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.pending = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.pending:
+            data = self.pending + data
+        heads = data.count(b"\r\n\r\n")
+        self.pending = data[data.rfind(b"\r\n\r\n") + 4:] if heads else data
+        if heads:
+            self.transport.write(constant_response() * heads)
+
+    def eof_received(self) -> None:
+        self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+
+
+_constant = [0, b""]
+
+
+def constant_response() -> bytes:
+    """What minisoup answers ``GET /hello`` with (the same fields, sizes and Date), as bytes."""
+    now = int(time.time())
+    if _constant[0] != now:
+        from minisoup import __version__
+        from minisoup.http import http_date
+        _constant[0] = now
+        _constant[1] = ("HTTP/1.1 200 OK\r\nServer: minisoup/%s\r\nDate: %s\r\n"
+                        "Content-Type: %s\r\nContent-Length: %d\r\n\r\n"
+                        % (__version__, http_date(now), CONTENT_TYPE, len(BODY))).encode() + BODY
+    return _constant[1]
+
+
+def serve_on_loop(protocol_type) -> None:
+    """A listener on minisoup's Loop whose connections each get a ``protocol_type()``."""
     from minisoup.loop import Loop, SocketTransport
 
     loop = Loop()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited (Linux)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
     listener.setblocking(False)
@@ -255,8 +307,7 @@ def serve_raw_echo() -> None:
             except (BlockingIOError, InterruptedError):
                 return
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            protocol = EchoProtocol()
+            protocol = protocol_type()
             protocol.transport = SocketTransport(loop, sock, protocol)
 
     loop.add_reader(listener, on_accept)
@@ -355,9 +406,9 @@ def serve_aiohttp() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("minisoup", "stdlib", "stdlib-nagle", "raw-echo",
-                                         "minisoup-tls", "websockets-tls", "minisoup-fanout",
-                                         "websockets-fanout", "libsoup-c", "aiohttp",
-                                         "websockets"))
+                                         "raw-http", "minisoup-tls", "websockets-tls",
+                                         "minisoup-fanout", "websockets-fanout", "libsoup-c",
+                                         "aiohttp", "websockets"))
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--cpus", default="", help="pin to these CPUs (inherited by workers)")
     args = parser.parse_args()
@@ -378,6 +429,8 @@ def main() -> None:
         serve_aiohttp()
     elif args.kind in ("stdlib", "stdlib-nagle"):
         serve_stdlib(nagle=args.kind == "stdlib-nagle")
+    elif args.kind == "raw-http":
+        serve_on_loop(ConstantHTTP)
     else:
         serve_raw_echo()
 
