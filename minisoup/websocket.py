@@ -79,6 +79,12 @@ _SERVER = WebsocketConnectionType.SERVER
 _SMALL_HEADER = struct.Struct("!BB").pack
 _SMALL_PAYLOAD = 126
 _FIN = 0x80
+_NORMAL = CloseCode.NORMAL
+_NO_STATUS = CloseCode.NO_STATUS
+# A server's whole close frame for a code with no reason (the answer to a peer's close),
+# built once per code: a dict lookup instead of the payload, the header and a join.
+_SERVER_CLOSE_FRAMES = {member.value: frame_header(_OP_CLOSE, 2) + build_close_payload(member)
+                        for member in CloseCode if is_valid_close_code(member.value)}
 
 
 class WebsocketConnection(SignalEmitter):
@@ -511,12 +517,13 @@ class WebsocketConnection(SignalEmitter):
         else:
             code, reason = parse_close_payload(payload)
             self._received_close = True
-            self._close_code, self._close_data = code, reason
+            self._close_code = code
+            self._close_data = reason
             if not self._sent_close:
                 self._set_closing()
                 # The peer's code is echoed; an empty close is answered with 1000, as libsoup
                 # does (get_close_code() still reports 1005, "no status", as libsoup).
-                self._write_close(code if code != CloseCode.NO_STATUS else CloseCode.NORMAL, "")
+                self._write_close(code if code != _NO_STATUS else _NORMAL, "")
             self._closing_handshake_done()
 
     # -- closing ----------------------------------------------------------------------------------
@@ -539,7 +546,7 @@ class WebsocketConnection(SignalEmitter):
         self._arm_close_timer()
 
     def _set_closing(self) -> None:
-        if self._state == _OPEN:
+        if self._state is _OPEN:
             self._state = _CLOSING
             self._cancel_keepalive()
             self.emit("closing")
@@ -548,6 +555,11 @@ class WebsocketConnection(SignalEmitter):
         if self._sent_close:
             return
         self._sent_close = True
+        if not reason and self._type is _SERVER:
+            frame = _SERVER_CLOSE_FRAMES.get(code)
+            if frame is not None:  # hot path: the answer to a peer's close
+                self.transport.write(frame)
+                return
         payload = build_close_payload(code, reason) if code else b""
         self._send_frame(_OP_CLOSE, payload, 0)
 
@@ -563,7 +575,7 @@ class WebsocketConnection(SignalEmitter):
             self.transport.abort()
 
     def _closing_handshake_done(self) -> None:
-        if self._type == WebsocketConnectionType.SERVER:
+        if self._type is _SERVER:
             # RFC 6455 §7.1.1: the server closes the TCP connection first.
             self.transport.close()
         else:
@@ -608,11 +620,15 @@ class WebsocketConnection(SignalEmitter):
             self._fail(CloseCode.POLICY_VIOLATION, "no pong within %g s" % self._keepalive_pong_timeout)
 
     def _cancel_keepalive(self) -> None:
-        for name in ("_keepalive_timer", "_pong_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        # Twice per connection (closing, closed), nearly always with no timer: two tests.
+        timer = self._keepalive_timer
+        if timer is not None:
+            timer.cancel()
+            self._keepalive_timer = None
+        timer = self._pong_timer
+        if timer is not None:
+            timer.cancel()
+            self._pong_timer = None
 
     # -- transport callbacks ------------------------------------------------------------------
     def eof_received(self) -> None:
@@ -624,14 +640,15 @@ class WebsocketConnection(SignalEmitter):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         """Transport callback: the TCP connection is gone; emits ``closed`` (once)."""
-        if self._state == _CLOSED:
+        if self._state is _CLOSED:
             return
         if not self._received_close and not self._discarding:
             # The peer vanished (or never answered our close): no close code was received.
             if exc is not None:
                 self.emit("error", WebsocketError(CloseCode.ABNORMAL, str(exc)))
             self._close_code, self._close_data = CloseCode.ABNORMAL, ""
-        self._set_closing()
+        if self._state is _OPEN:
+            self._set_closing()
         self._state = _CLOSED
         self._cancel_keepalive()
         if self._close_timer is not None:
