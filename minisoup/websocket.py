@@ -11,6 +11,7 @@ import logging
 import secrets
 import struct
 from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Union
+from urllib.parse import SplitResult
 
 from .errors import Error
 from .frames import (CloseCode, FrameParser, Opcode, ProtocolError, Utf8Validator,
@@ -97,7 +98,9 @@ class WebsocketConnection(SignalEmitter):
     callback is logged and the connection is closed with 1011.
 
     Built by the server after the 101 (``remote`` is the peer's address, for
-    :meth:`get_remote_address` and the logs) or by the blocking client.
+    :meth:`get_remote_address` and the logs) or by the blocking client. ``uri`` may be
+    a ``SplitResult`` or the plain tuple of its five fields (the server's hot path: the
+    ``SplitResult`` is then made by the first :meth:`get_uri`).
     """
 
     SIGNALS = ("message", "pong", "closing", "closed", "error")
@@ -123,16 +126,18 @@ class WebsocketConnection(SignalEmitter):
         self._uri = uri
         self._origin = origin
         self._protocol = protocol
-        self._extensions = tuple(extensions) if extensions else ()  # () is shared
-        is_server = self._type == WebsocketConnectionType.SERVER
         # The limit lives here too: the parser is dropped on close and replaced on failure,
         # and the getter must keep answering.
         self._max_payload = DEFAULT_MAX_INCOMING_PAYLOAD_SIZE
-        self._parser = FrameParser(require_mask=is_server, max_payload_size=self._max_payload)
-        rsv = 0
-        for ext in self._extensions:
-            rsv |= ext.rsv_bits
-        self._parser.allowed_rsv = rsv
+        self._parser = parser = FrameParser(self._type is _SERVER, DEFAULT_MAX_INCOMING_PAYLOAD_SIZE)
+        if extensions:
+            self._extensions = tuple(extensions)
+            rsv = 0
+            for ext in self._extensions:
+                rsv |= ext.rsv_bits
+            parser.allowed_rsv = rsv
+        else:
+            self._extensions = ()  # shared; the parser allows no RSV bit
         self._state = _OPEN
         self._close_code = 0
         self._close_data: Optional[str] = None
@@ -219,7 +224,10 @@ class WebsocketConnection(SignalEmitter):
 
     def get_uri(self) -> Any:
         """The URI of the handshake request."""
-        return self._uri
+        uri = self._uri
+        if uri.__class__ is tuple:
+            uri = self._uri = SplitResult(*uri)
+        return uri
 
     def get_extensions(self) -> List[Any]:
         """The active extension objects (e.g. a ``WebsocketExtensionDeflate``)."""
@@ -665,4 +673,4 @@ class WebsocketConnection(SignalEmitter):
 
     def __repr__(self) -> str:
         return "<WebsocketConnection %s %s %s>" % (self._type.name, self._state.name,
-                                                   getattr(self._uri, "path", ""))
+                                                   getattr(self.get_uri(), "path", ""))
