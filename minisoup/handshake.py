@@ -137,27 +137,34 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
         raise _bad_request("WebSocket handshake expected: method must be GET, not %s" % method)
     if http_version != "HTTP/1.1":
         raise _bad_request("WebSocket handshake expected: HTTP/1.1 required, not %s" % http_version)
-    if not _has_token(headers, "Upgrade", UPGRADE_TOKEN):
+    # Hot path (every upgrade): the lookups bound once, each field looked up once or twice.
+    get_list = headers.get_list
+    get_one = headers.get_one
+    value = get_list("Upgrade")
+    if value is None or (value.lower() != UPGRADE_TOKEN and not list_contains(value, UPGRADE_TOKEN)):
         raise _bad_request("WebSocket handshake expected: Upgrade header must contain websocket")
-    if not _has_token(headers, "Connection", CONNECTION_TOKEN):
+    value = get_list("Connection")
+    if value is None or (value.lower() != CONNECTION_TOKEN
+                         and not list_contains(value, CONNECTION_TOKEN)):
         raise _bad_request("WebSocket handshake expected: Connection header must contain Upgrade")
 
     # RFC 6455 11.3.1 and 11.3.5: Key and Version MUST NOT appear more than once in a
     # request. Taking the last of several (as libsoup does for the Key) would let a
-    # proxy's checks and ours see different keys or versions.
-    if _repeated(headers, "Sec-WebSocket-Version"):
+    # proxy's checks and ours see different keys or versions (a repeated field's
+    # comma-joined list differs from its last value).
+    version = get_one("Sec-WebSocket-Version")
+    if version is not None and get_list("Sec-WebSocket-Version") != version:
         raise _bad_request("Invalid WebSocket version: Sec-WebSocket-Version must appear once",
                            [("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
-    version = headers.get_one("Sec-WebSocket-Version")
     if version is None or version.strip() != WEBSOCKET_VERSION:
         # RFC 6455 4.4: tell the client which version we speak (libsoup does not).
         raise _bad_request("Unsupported WebSocket version: Sec-WebSocket-Version must be 13",
                            [("Sec-WebSocket-Version", WEBSOCKET_VERSION)])
 
-    if _repeated(headers, "Sec-WebSocket-Key"):
-        raise _bad_request("Invalid WebSocket key: Sec-WebSocket-Key must appear once")
-    key = headers.get_one("Sec-WebSocket-Key")
+    key = get_one("Sec-WebSocket-Key")
     if key is not None:
+        if get_list("Sec-WebSocket-Key") != key:
+            raise _bad_request("Invalid WebSocket key: Sec-WebSocket-Key must appear once")
         key = key.strip()  # RFC 6455 4.2.2: the accept uses the trimmed key
     if not _valid_key(key):
         raise _bad_request("Invalid WebSocket key: Sec-WebSocket-Key must be base64 of 16 bytes")
@@ -165,13 +172,13 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
     if origin is not None:
         # Whole-string, case-insensitive, no normalisation: as libsoup. Every Origin field
         # takes part (comma-joined), so a second one cannot smuggle a foreign origin past.
-        request_origin = headers.get_list("Origin")
+        request_origin = get_list("Origin")
         if request_origin is None or request_origin.lower() != origin.lower():
             raise HandshakeError(HTTPStatus.FORBIDDEN, "Incorrect WebSocket Origin header")
 
     protocol = None
     if protocols is not None:
-        offered_value = headers.get_list("Sec-WebSocket-Protocol")
+        offered_value = get_list("Sec-WebSocket-Protocol")
         if offered_value is not None:
             offered = split_list(offered_value)
             protocol = next((p for p in protocols if p in offered), None)
@@ -189,7 +196,7 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
 
     accepted: list = []
     if extension_types:
-        offer = headers.get_list("Sec-WebSocket-Extensions")
+        offer = get_list("Sec-WebSocket-Extensions")
         if offer is not None:  # no offer, nothing to negotiate (most clients but browsers)
             accepted, answer = negotiate_server(offer, list(extension_types))
             if answer:
