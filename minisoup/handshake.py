@@ -141,7 +141,8 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
     get_list = headers.get_list
     get_one = headers.get_one
     value = get_list("Upgrade")
-    if value is None or (value.lower() != UPGRADE_TOKEN and not list_contains(value, UPGRADE_TOKEN)):
+    if value is None or (value.lower() != UPGRADE_TOKEN
+                         and not list_contains(value, UPGRADE_TOKEN)):
         raise _bad_request("WebSocket handshake expected: Upgrade header must contain websocket")
     value = get_list("Connection")
     if value is None or (value.lower() != CONNECTION_TOKEN

@@ -129,7 +129,8 @@ class WebsocketConnection(SignalEmitter):
         # The limit lives here too: the parser is dropped on close and replaced on failure,
         # and the getter must keep answering.
         self._max_payload = DEFAULT_MAX_INCOMING_PAYLOAD_SIZE
-        self._parser = parser = FrameParser(self._type is _SERVER, DEFAULT_MAX_INCOMING_PAYLOAD_SIZE)
+        self._parser = parser = FrameParser(self._type is _SERVER,
+                                            DEFAULT_MAX_INCOMING_PAYLOAD_SIZE)
         if extensions:
             self._extensions = tuple(extensions)
             rsv = 0
