@@ -627,6 +627,11 @@ def parse_close_payload(payload: BytesLike) -> Tuple[int, str]:
     ProtocolError 1002 for a 1-byte payload or an invalid code, 1007 for a
     reason that is not UTF-8 (libsoup answers 1002 for the latter).
     """
+    if payload.__class__ is bytes:
+        # Hot path (every close): a named code alone, or nothing, decoded once for all.
+        parsed = _CLOSE_PAYLOADS.get(payload)
+        if parsed is not None:
+            return parsed
     if not payload:
         return CloseCode.NO_STATUS, ""
     if len(payload) < CLOSE_CODE_SIZE:
@@ -639,6 +644,14 @@ def parse_close_payload(payload: BytesLike) -> Tuple[int, str]:
     except UnicodeDecodeError:
         raise ProtocolError(CloseCode.BAD_DATA, "close reason is not valid UTF-8") from None
     return _close_code(code), reason
+
+
+# The received close payloads that need no decoding: each valid named code with no
+# reason, and the empty payload.
+_CLOSE_PAYLOADS: Dict[bytes, Tuple[int, str]] = {
+    _UINT16.pack(member.value): (member, "") for member in CloseCode
+    if is_valid_close_code(member.value)}
+_CLOSE_PAYLOADS[b""] = (CloseCode.NO_STATUS, "")
 
 
 def _truncate_utf8(data: bytes, size: int) -> bytes:

@@ -649,6 +649,10 @@ class SocketTransport:
         if self._events:
             self._loop.remove_reader(self._sock)
             self._events = 0
+        # The bound method is a reference cycle (self -> method -> self): broken here, the
+        # transport and its socket are freed by reference counting when the protocol lets
+        # go, not by the cyclic GC (~3 objects per connection otherwise).
+        self._on_events_cb = None
         try:
             self._sock.close()
         except OSError:

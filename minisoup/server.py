@@ -28,6 +28,7 @@ from .websocket import CloseCode, WebsocketConnection, WebsocketConnectionType
 
 log = logging.getLogger("minisoup")
 access_log = logging.getLogger("minisoup.access")
+_SERVER = WebsocketConnectionType.SERVER
 
 # Defaults: one place, quoted by the README (SPEC section 4).
 DEFAULT_SERVER_HEADER = "minisoup/" + __version__
@@ -795,24 +796,23 @@ class Server(SignalEmitter):
         self._http.discard(conn)
         if transport.is_closing():
             return True  # the peer left during the 101: the request was aborted
-        ws = WebsocketConnection(transport, WebsocketConnectionType.SERVER, self._loop,
-                                 uri=_websocket_uri(msg.get_uri()),
-                                 origin=headers.get_one("Origin"),
-                                 protocol=result.protocol, extensions=result.extensions,
-                                 close_timeout=self.close_timeout,
-                                 write_buffer_limit=self.write_buffer_limit,
-                                 on_closed=self._on_websocket_closed,
-                                 remote=msg.get_remote_address())
+        uri = msg.get_uri()
+        # Hot path: the arguments by position (~0.25 us less than by keyword).
+        ws = WebsocketConnection(transport, _SERVER, self._loop, _websocket_uri(uri),
+                                 headers.get_one("Origin"), result.protocol, result.extensions,
+                                 self.close_timeout, self.write_buffer_limit,
+                                 self._on_websocket_closed, msg.get_remote_address())
         ws.attach_pubsub(self._pubsub)
         self._websockets.add(ws)
         transport.set_protocol(ws)
         transport.cork_reads = True
         self._access_log(msg, 0)
-        self.emit("request-finished", msg)
+        if self._signal_handlers:  # else nobody is connected (no call: hot path)
+            self.emit("request-finished", msg)
         callback = handler.callback
         last_callback.value = callback
         try:
-            callback(self, msg, msg.get_uri().path, ws, handler.user_data)
+            callback(self, msg, uri.path, ws, handler.user_data)
         except Exception:
             log.exception("exception in WebSocket handler %r", callback)
             ws.close(1011, "handler error")
@@ -891,10 +891,10 @@ class _Acceptor:
             pass
 
 
-def _websocket_uri(uri: Any) -> Any:
-    # The connection's URI names the WebSocket: ws:// or, over TLS, wss:// (SPEC 8).
-    return SplitResult("wss" if uri.scheme == "https" else "ws", uri.netloc, uri.path, uri.query,
-                       uri.fragment)
+def _websocket_uri(uri: SplitResult) -> tuple:
+    # The connection's URI names the WebSocket: ws:// or, over TLS, wss:// (SPEC 8). A
+    # plain tuple: the connection makes it a SplitResult if someone asks (hot path).
+    return ("wss" if uri.scheme == "https" else "ws",) + uri[1:]
 
 
 def _peer_address(remote: Any, headers: Any) -> Any:

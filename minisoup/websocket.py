@@ -11,6 +11,7 @@ import logging
 import secrets
 import struct
 from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Union
+from urllib.parse import SplitResult
 
 from .errors import Error
 from .frames import (CloseCode, FrameParser, Opcode, ProtocolError, Utf8Validator,
@@ -79,6 +80,12 @@ _SERVER = WebsocketConnectionType.SERVER
 _SMALL_HEADER = struct.Struct("!BB").pack
 _SMALL_PAYLOAD = 126
 _FIN = 0x80
+_NORMAL = CloseCode.NORMAL
+_NO_STATUS = CloseCode.NO_STATUS
+# A server's whole close frame for a code with no reason (the answer to a peer's close),
+# built once per code: a dict lookup instead of the payload, the header and a join.
+_SERVER_CLOSE_FRAMES = {member.value: frame_header(_OP_CLOSE, 2) + build_close_payload(member)
+                        for member in CloseCode if is_valid_close_code(member.value)}
 
 
 class WebsocketConnection(SignalEmitter):
@@ -91,7 +98,9 @@ class WebsocketConnection(SignalEmitter):
     callback is logged and the connection is closed with 1011.
 
     Built by the server after the 101 (``remote`` is the peer's address, for
-    :meth:`get_remote_address` and the logs) or by the blocking client.
+    :meth:`get_remote_address` and the logs) or by the blocking client. ``uri`` may be
+    a ``SplitResult`` or the plain tuple of its five fields (the server's hot path: the
+    ``SplitResult`` is then made by the first :meth:`get_uri`).
     """
 
     SIGNALS = ("message", "pong", "closing", "closed", "error")
@@ -117,16 +126,19 @@ class WebsocketConnection(SignalEmitter):
         self._uri = uri
         self._origin = origin
         self._protocol = protocol
-        self._extensions = tuple(extensions) if extensions else ()  # () is shared
-        is_server = self._type == WebsocketConnectionType.SERVER
         # The limit lives here too: the parser is dropped on close and replaced on failure,
         # and the getter must keep answering.
         self._max_payload = DEFAULT_MAX_INCOMING_PAYLOAD_SIZE
-        self._parser = FrameParser(require_mask=is_server, max_payload_size=self._max_payload)
-        rsv = 0
-        for ext in self._extensions:
-            rsv |= ext.rsv_bits
-        self._parser.allowed_rsv = rsv
+        self._parser = parser = FrameParser(self._type is _SERVER,
+                                            DEFAULT_MAX_INCOMING_PAYLOAD_SIZE)
+        if extensions:
+            self._extensions = tuple(extensions)
+            rsv = 0
+            for ext in self._extensions:
+                rsv |= ext.rsv_bits
+            parser.allowed_rsv = rsv
+        else:
+            self._extensions = ()  # shared; the parser allows no RSV bit
         self._state = _OPEN
         self._close_code = 0
         self._close_data: Optional[str] = None
@@ -213,7 +225,10 @@ class WebsocketConnection(SignalEmitter):
 
     def get_uri(self) -> Any:
         """The URI of the handshake request."""
-        return self._uri
+        uri = self._uri
+        if uri.__class__ is tuple:
+            uri = self._uri = SplitResult(*uri)
+        return uri
 
     def get_extensions(self) -> List[Any]:
         """The active extension objects (e.g. a ``WebsocketExtensionDeflate``)."""
@@ -511,12 +526,13 @@ class WebsocketConnection(SignalEmitter):
         else:
             code, reason = parse_close_payload(payload)
             self._received_close = True
-            self._close_code, self._close_data = code, reason
+            self._close_code = code
+            self._close_data = reason
             if not self._sent_close:
                 self._set_closing()
                 # The peer's code is echoed; an empty close is answered with 1000, as libsoup
                 # does (get_close_code() still reports 1005, "no status", as libsoup).
-                self._write_close(code if code != CloseCode.NO_STATUS else CloseCode.NORMAL, "")
+                self._write_close(code if code != _NO_STATUS else _NORMAL, "")
             self._closing_handshake_done()
 
     # -- closing ----------------------------------------------------------------------------------
@@ -539,7 +555,7 @@ class WebsocketConnection(SignalEmitter):
         self._arm_close_timer()
 
     def _set_closing(self) -> None:
-        if self._state == _OPEN:
+        if self._state is _OPEN:
             self._state = _CLOSING
             self._cancel_keepalive()
             self.emit("closing")
@@ -548,6 +564,11 @@ class WebsocketConnection(SignalEmitter):
         if self._sent_close:
             return
         self._sent_close = True
+        if not reason and self._type is _SERVER:
+            frame = _SERVER_CLOSE_FRAMES.get(code)
+            if frame is not None:  # hot path: the answer to a peer's close
+                self.transport.write(frame)
+                return
         payload = build_close_payload(code, reason) if code else b""
         self._send_frame(_OP_CLOSE, payload, 0)
 
@@ -563,7 +584,7 @@ class WebsocketConnection(SignalEmitter):
             self.transport.abort()
 
     def _closing_handshake_done(self) -> None:
-        if self._type == WebsocketConnectionType.SERVER:
+        if self._type is _SERVER:
             # RFC 6455 §7.1.1: the server closes the TCP connection first.
             self.transport.close()
         else:
@@ -608,11 +629,15 @@ class WebsocketConnection(SignalEmitter):
             self._fail(CloseCode.POLICY_VIOLATION, "no pong within %g s" % self._keepalive_pong_timeout)
 
     def _cancel_keepalive(self) -> None:
-        for name in ("_keepalive_timer", "_pong_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        # Twice per connection (closing, closed), nearly always with no timer: two tests.
+        timer = self._keepalive_timer
+        if timer is not None:
+            timer.cancel()
+            self._keepalive_timer = None
+        timer = self._pong_timer
+        if timer is not None:
+            timer.cancel()
+            self._pong_timer = None
 
     # -- transport callbacks ------------------------------------------------------------------
     def eof_received(self) -> None:
@@ -624,14 +649,15 @@ class WebsocketConnection(SignalEmitter):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         """Transport callback: the TCP connection is gone; emits ``closed`` (once)."""
-        if self._state == _CLOSED:
+        if self._state is _CLOSED:
             return
         if not self._received_close and not self._discarding:
             # The peer vanished (or never answered our close): no close code was received.
             if exc is not None:
                 self.emit("error", WebsocketError(CloseCode.ABNORMAL, str(exc)))
             self._close_code, self._close_data = CloseCode.ABNORMAL, ""
-        self._set_closing()
+        if self._state is _OPEN:
+            self._set_closing()
         self._state = _CLOSED
         self._cancel_keepalive()
         if self._close_timer is not None:
@@ -648,4 +674,4 @@ class WebsocketConnection(SignalEmitter):
 
     def __repr__(self) -> str:
         return "<WebsocketConnection %s %s %s>" % (self._type.name, self._state.name,
-                                                   getattr(self._uri, "path", ""))
+                                                   getattr(self.get_uri(), "path", ""))

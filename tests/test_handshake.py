@@ -176,6 +176,28 @@ def test_connection_header_repeated():
     handshake(headers)
 
 
+@pytest.mark.parametrize("key", [
+    RFC_KEY, OTHER_KEY, "A" * 22 + "==", "/" * 22 + "==", "+" * 21 + "B==",
+    "A" * 21 + "B==",  # spare bits set: b64decode ignores them, so do we
+    "A" * 22 + "=", "A" * 22, "A" * 23 + "=", "A" * 21 + "==", "A" * 24 + "==",
+    "A" * 20 + "====", "A" * 11 + "=" + "A" * 10 + "==", "A" * 22 + "==\n", "\n" + RFC_KEY,
+    "A" * 21 + "-==", "A" * 21 + "_==", "A" * 21 + "\u00c1==", "", "==",
+])
+def test_key_check_agrees_with_b64decode(key):
+    # The key is checked with a regex (hot path); it must accept exactly what
+    # base64.b64decode(validate=True) decodes to 16 bytes, once trimmed.
+    try:
+        expected = len(base64.b64decode(key.strip(), validate=True)) == 16
+    except (ValueError, TypeError):
+        expected = False
+    headers = request(Sec_WebSocket_Key=None)
+    headers.items.append(("Sec-WebSocket-Key", key))
+    if expected:
+        assert handshake(headers).headers[2] == ("Sec-WebSocket-Accept", compute_accept(key.strip()))
+    else:
+        assert "Key" in failure(headers).message
+
+
 def test_key_surrounding_whitespace_trimmed():
     result = handshake(request(Sec_WebSocket_Key=" %s " % RFC_KEY))
     assert ("Sec-WebSocket-Accept", RFC_ACCEPT) in result.headers

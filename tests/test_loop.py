@@ -197,6 +197,26 @@ def test_close_flushes_first_and_abort_does_not():
     loop.close()
 
 
+def test_a_closed_transport_is_freed_without_the_cyclic_gc():
+    # Nothing per connection may wait for the garbage collector (issue 15): once the
+    # transport is closed and its protocol lets go, reference counting frees it.
+    import gc
+    import weakref
+    loop = Loop()
+    transport, proto, peer = make_pair(loop)
+    ref = weakref.ref(transport)
+    gc.disable()
+    try:
+        transport.close()
+        assert proto.lost == [None]
+        del transport
+        assert ref() is None
+    finally:
+        gc.enable()
+    peer.close()
+    loop.close()
+
+
 def test_shutdown_write_sends_fin_after_the_buffer_and_keeps_reading():
     loop = Loop()
     transport, proto, peer = make_pair(loop)

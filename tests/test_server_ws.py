@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import zlib
+from urllib.parse import SplitResult
 
 import pytest
 
@@ -487,7 +488,9 @@ def test_callback_gets_open_connection_with_properties():
     assert info["uri_path"] == "/ws/room" and info["msg_path"] == "/ws/room"
     assert info["type"] == WebsocketConnectionType.SERVER
     assert rec.calls == [("/ws/room", None)]
-    assert rec.conns[0].get_uri().query == "x=1"
+    uri = rec.conns[0].get_uri()
+    assert isinstance(uri, SplitResult) and uri is rec.conns[0].get_uri()
+    assert (uri.scheme, uri.path, uri.query) == ("ws", "/ws/room", "x=1")
 
 
 def test_echo_text_and_binary():
