@@ -160,6 +160,22 @@ class MessageHeaders:
             self._fields = None
             self._index = None
 
+    @classmethod
+    def _of(cls, items: List[Tuple[str, str]], index: Optional[Dict[str, Tuple[str, ...]]],
+            fields: Optional[str]) -> "MessageHeaders":
+        # The hot paths' constructor: the parts as they are, taken over (no copy, no check,
+        # no keyword handling: ~0.1 us less than __init__).
+        self = cls.__new__(cls)
+        self._items = items
+        self._index = index
+        self._fields = fields
+        return self
+
+    @classmethod
+    def from_checked_fields(cls, fields: str) -> "MessageHeaders":
+        """``MessageHeaders(fields=fields)``, for minisoup's parser (hot path)."""
+        return cls._of([], None, fields or None)
+
     def _split_fields(self) -> None:
         # Only before anything else touched _items: they are the head's fields, in order.
         self._items = _FIELD.findall(self._fields)
@@ -212,7 +228,8 @@ class MessageHeaders:
         """A copy of these headers (later changes to one do not show in the other)."""
         # The index too (its values are tuples): a response's headers start as a copy of
         # the server's Date and Server, already indexed (hot path).
-        return MessageHeaders(self._get_items(), index=self._index)
+        index = self._index
+        return self._of(self._get_items()[:], None if index is None else index.copy(), None)
 
     def append(self, name: str, value: str) -> None:
         """Add a field (keeping any existing ones of the same name)."""
@@ -269,13 +286,19 @@ class MessageHeaders:
 
     def set_content_length(self, length: int) -> None:
         """Set Content-Length (and drop Transfer-Encoding)."""
-        length = int(length)
-        index = self._get_index()
-        # Hot path (every response sent whole): usually neither field is there yet.
+        value = str(int(length))
+        index = self._index
+        if index is None:
+            index = self._get_index()
+        # Hot path (every response sent whole): usually neither field is there yet, and
+        # then the field is added here directly (append_unchecked's work, known ahead).
         if "transfer-encoding" in index or "content-length" in index:
             self.remove("Transfer-Encoding")
             self.remove("Content-Length")
-        self.append_unchecked("Content-Length", str(length))
+            self.append_unchecked("Content-Length", value)
+            return
+        self._items.append(("Content-Length", value))
+        index["content-length"] = (value,)
 
     def get_encoding(self) -> Encoding:
         """How a body with these headers is framed."""
@@ -305,6 +328,17 @@ class MessageHeaders:
         """The fields as ``"Name: value"`` lines, in order (without line ends)."""
         items = self._items if self._fields is None else self._get_items()
         return list(map(": ".join, items))
+
+    def field_lines(self) -> bytes:
+        """The fields as they go on the wire: ``b"Name: value\\r\\n"`` each, in order
+        (latin-1), without the blank line that ends a head."""
+        items = self._items if self._fields is None else self._get_items()
+        try:
+            # Hot path: the lines of fields seen lately, made once (the Date and Server of
+            # every response this second, a handler's usual Content-Type, ...).
+            return b"".join(map(_field_lines.get, items))
+        except TypeError:  # one of them is new
+            return b"".join(map(_field_line, items))
 
     def items(self) -> List[Tuple[str, str]]:
         """A copy of the (name, value) pairs in order."""
@@ -485,7 +519,7 @@ def _parse_simple_head(buf: bytes, start: int, end: int,
         return None
     method, target, digit, fields = match.groups()
     text = fields.decode("latin-1")
-    headers = MessageHeaders(fields=text)
+    headers = MessageHeaders.from_checked_fields(text)
     host = connection = None
     hosts = 0
     framing = False
@@ -945,11 +979,28 @@ def build_response_head(version: str, status: int, reason: str,
         if len(_status_lines) >= STATUS_LINES_CACHED:
             _status_lines.clear()
         _status_lines[key] = status_line
-    fields = headers.format_fields()
-    if not fields:
-        return status_line + CRLF
-    fields.append("\r\n")
-    return status_line + "\r\n".join(fields).encode("latin-1")
+    return b"".join((status_line, headers.field_lines(), CRLF))
+
+
+# Hot path: the wire form of each (name, value) field seen lately (MessageHeaders.field_lines),
+# at most FIELD_LINES_CACHED of them, each at most FIELD_LINE_CACHED_LENGTH bytes long: a
+# response's fields are mostly the same few (its Date changes once a second).
+FIELD_LINES_CACHED = 256
+FIELD_LINE_CACHED_LENGTH = 128
+_field_lines: Dict[Tuple[str, str], bytes] = {}
+
+
+def _field_line(item: Tuple[str, str]) -> bytes:
+    if type(item) is not tuple:
+        item = tuple(item)  # a (name, value) pair given as a list
+    line = _field_lines.get(item)
+    if line is None:
+        line = ("%s: %s\r\n" % item).encode("latin-1")
+        if len(line) <= FIELD_LINE_CACHED_LENGTH:
+            if len(_field_lines) >= FIELD_LINES_CACHED:
+                _field_lines.clear()
+            _field_lines[item] = line
+    return line
 
 
 # Hot path: the status line of each (version, status, reason) seen, as bytes; a few are

@@ -206,6 +206,28 @@ def test_response_head_and_chunks():
     assert chunk(b"hello") == b"5\r\nhello\r\n" and chunk(b"") == b""
 
 
+
+def test_response_heads_from_remembered_field_lines_are_always_current():
+    # build_response_head keeps the wire form of recent fields (hot path): each head must
+    # still say exactly what its headers hold, whatever was serialized before.
+    def head(items):
+        return build_response_head("HTTP/1.1", 200, "OK", MessageHeaders(items))
+
+    assert head([("Date", "a")]) == b"HTTP/1.1 200 OK\r\nDate: a\r\n\r\n"
+    assert head([("Date", "b")]) == b"HTTP/1.1 200 OK\r\nDate: b\r\n\r\n"
+    assert head([["X-List", "pair"], ("Date", "a")]) == (
+        b"HTTP/1.1 200 OK\r\nX-List: pair\r\nDate: a\r\n\r\n")
+    long_value = "v" * 500  # longer than any remembered line
+    assert head([("X-Long", long_value)]) == (
+        b"HTTP/1.1 200 OK\r\nX-Long: " + long_value.encode() + b"\r\n\r\n")
+    for i in range(1000):  # more distinct fields than are remembered
+        assert head([("X-N", str(i)), ("Date", "a")]) == (
+            b"HTTP/1.1 200 OK\r\nX-N: %d\r\nDate: a\r\n\r\n" % i)
+    assert head([("Y", "\xe9")]) == b"HTTP/1.1 200 OK\r\nY: \xe9\r\n\r\n"  # latin-1
+    with pytest.raises(UnicodeEncodeError):
+        head([("Y", "\u20ac")])
+
+
 def test_targets_and_queries():
     assert split_target("/a?b=1#f") == ("/a", "b=1#f", "")
     assert split_target("http://host:8/p?q") == ("/p", "q", "host:8")
