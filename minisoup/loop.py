@@ -616,7 +616,8 @@ class SocketTransport:
                 sent = 0
         if not wbuf:
             self._wbuf = None
-            self._set_events(self._events & ~_EVENT_WRITE)
+            if self._events & _EVENT_WRITE:  # else a corked flush: nothing to change
+                self._set_events(self._events & ~_EVENT_WRITE)
             self._drained()
 
     def _drained(self) -> None:
