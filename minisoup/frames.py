@@ -84,6 +84,10 @@ CLOSE_CODE_SIZE = 2
 MAX_CLOSE_REASON = MAX_CONTROL_PAYLOAD - CLOSE_CODE_SIZE
 
 _KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
+# The first byte of a final frame of a known opcode without RSV bits, and the second byte
+# bound of a masked 7-bit length: FrameParser.next_frame's fast path.
+_FINAL_PLAIN = frozenset(FIN_BIT | op for op in _KNOWN_OPCODES)
+_MASKED_LENGTH_16 = MASK_BIT | LENGTH_16
 
 _HEADER_2 = struct.Struct("!BB")
 _HEADER_4 = struct.Struct("!BBH")
@@ -377,6 +381,24 @@ class FrameParser:
 
         b0 = buf[pos]
         b1 = buf[pos + 1]
+        if b0 in _FINAL_PLAIN and MASK_BIT <= b1 < _MASKED_LENGTH_16 and self.require_mask:
+            # Hot path (every small client frame): final, known opcode, no RSV bit, masked,
+            # a 7-bit length. Every header check below passes for it (a control frame's
+            # length is then at most 125) but the payload limit.
+            length = b1 & LENGTH_BITS
+            limit = self.max_payload_size
+            if limit and length > limit:
+                raise ProtocolError(CloseCode.TOO_BIG, "frame payload of %d bytes exceeds "
+                                    "the limit of %d" % (length, limit))
+            start = pos + 6
+            end = start + length
+            if end - pos > avail:
+                self._need = end - pos
+                return None
+            payload = apply_mask_int(buf[start:end], buf[pos + 2:start])
+            self._pos = end
+            self._need = 2
+            return b0 & OPCODE_BITS, True, 0, payload
         opcode = b0 & OPCODE_BITS
         rsv = (b0 >> RSV_SHIFT) & (RSV1 | RSV2 | RSV3)
         length = b1 & LENGTH_BITS

@@ -341,6 +341,30 @@ def _unbound(protocol: Any, name: str) -> Optional[Callable[[Any], Any]]:
     return function
 
 
+# Protocol class -> (get_buffer, write_drained) as _unbound gives them, for the classes whose
+# instances cannot change the answer (no __dict__, no __getattr__, or both methods on the
+# class). Hot path (twice per upgraded connection: construction and set_protocol): a class
+# without one of the methods made each lookup raise and catch an AttributeError, ~0.1 us.
+_class_optional: Dict[type, Tuple[Optional[Callable[[Any], Any]],
+                                  Optional[Callable[[Any], Any]]]] = {}
+
+
+def _optional_methods(protocol: Any) -> Tuple[Optional[Callable[[Any], Any]],
+                                              Optional[Callable[[Any], Any]]]:
+    """``(_unbound(protocol, "get_buffer"), _unbound(protocol, "write_drained"))``, looked
+    up once per class where the instance cannot matter."""
+    cls = type(protocol)
+    methods = _class_optional.get(cls)
+    if methods is None:
+        methods = (_unbound(protocol, "get_buffer"), _unbound(protocol, "write_drained"))
+        on_class = (getattr(cls, "get_buffer", None) is not None
+                    and getattr(cls, "write_drained", None) is not None)
+        if on_class or not (hasattr(protocol, "__dict__") or hasattr(cls, "__getattr__")
+                            or cls.__getattribute__ is not object.__getattribute__):
+            _class_optional[cls] = methods
+    return methods
+
+
 class SocketTransport:
     """A non-blocking connected socket with a write buffer, driving one protocol object.
 
@@ -362,8 +386,7 @@ class SocketTransport:
         self._sock = sock
         self._protocol: Optional[StreamProtocol] = protocol
         # Optional protocol methods, looked up once (a missing attribute costs an exception).
-        self._get_buffer = _unbound(protocol, "get_buffer")
-        self._write_drained = _unbound(protocol, "write_drained")
+        self._get_buffer, self._write_drained = _optional_methods(protocol)
         self._wbuf: Optional[Deque[Buffer]] = None  # created on the first short write
         self._wsize = 0
         self._closing = False
@@ -393,8 +416,7 @@ class SocketTransport:
     def set_protocol(self, protocol: StreamProtocol) -> None:
         """Hand the byte stream to another protocol (the WebSocket upgrade)."""
         self._protocol = protocol
-        self._get_buffer = _unbound(protocol, "get_buffer")
-        self._write_drained = _unbound(protocol, "write_drained")
+        self._get_buffer, self._write_drained = _optional_methods(protocol)
 
     def get_socket(self) -> socket.socket:
         """The connected socket (to inspect it; the transport still owns it)."""
@@ -594,7 +616,8 @@ class SocketTransport:
                 sent = 0
         if not wbuf:
             self._wbuf = None
-            self._set_events(self._events & ~_EVENT_WRITE)
+            if self._events & _EVENT_WRITE:  # else a corked flush: nothing to change
+                self._set_events(self._events & ~_EVENT_WRITE)
             self._drained()
 
     def _drained(self) -> None:

@@ -727,7 +727,10 @@ class Server(SignalEmitter):
             self._new_connection(sock, addr, acceptor)
             if not self._accepting:
                 return
-            if self._connection_count() >= self.max_connections or not self._may_accept():
+            # _connection_count() and _may_accept(), inlined (hot path: every connection).
+            gate = self._gate
+            if (len(self._http) + len(self._websockets) >= self.max_connections
+                    or (gate is not None and not gate.may_accept())):
                 self._update_accepting()
                 return
             if not waiting(0):

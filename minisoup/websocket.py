@@ -557,7 +557,8 @@ class WebsocketConnection(SignalEmitter):
     def _set_closing(self) -> None:
         if self._state is _OPEN:
             self._state = _CLOSING
-            self._cancel_keepalive()
+            if self._keepalive_timer is not None or self._pong_timer is not None:
+                self._cancel_keepalive()
             self.emit("closing")
 
     def _write_close(self, code: int, reason: str) -> None:
@@ -629,7 +630,8 @@ class WebsocketConnection(SignalEmitter):
             self._fail(CloseCode.POLICY_VIOLATION, "no pong within %g s" % self._keepalive_pong_timeout)
 
     def _cancel_keepalive(self) -> None:
-        # Twice per connection (closing, closed), nearly always with no timer: two tests.
+        # Twice per connection (closing, closed), nearly always with no timer: the callers
+        # test for one first (hot path: no call).
         timer = self._keepalive_timer
         if timer is not None:
             timer.cancel()
@@ -659,7 +661,8 @@ class WebsocketConnection(SignalEmitter):
         if self._state is _OPEN:
             self._set_closing()
         self._state = _CLOSED
-        self._cancel_keepalive()
+        if self._keepalive_timer is not None or self._pong_timer is not None:
+            self._cancel_keepalive()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None

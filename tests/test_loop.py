@@ -345,6 +345,80 @@ def test_set_protocol_picks_up_the_new_protocols_get_buffer():
     loop.close()
 
 
+class Slotless:
+    """A protocol with a __dict__ and no optional method: instances may carry them."""
+
+    def data_received(self, data):
+        pass
+
+    def eof_received(self):
+        pass
+
+    def connection_lost(self, exc):
+        pass
+
+
+class Slotted:
+    """A protocol with __slots__ and no optional method (as HTTPConnection lacks get_buffer)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self):
+        self.data = []
+
+    def data_received(self, data):
+        self.data.append(bytes(data))
+
+    def eof_received(self):
+        pass
+
+    def connection_lost(self, exc):
+        pass
+
+
+def test_optional_methods_given_by_instances_are_used_and_a_slotted_class_has_none():
+    # The transport looks a class's optional methods up once per class; an instance that
+    # may carry its own (a __dict__) is still asked each time.
+    loop = Loop()
+    transport, first, peer = make_pair(loop)
+    try:
+        for _ in range(2):
+            slotted = Slotted()
+            transport.set_protocol(slotted)
+            peer.sendall(b"x")
+            run_until(loop, lambda: slotted.data)
+        store = bytearray(2)
+        own = Slotless()
+        own.get_buffer = lambda: memoryview(store) if not own.updates else None
+        own.updates = []
+        own.buffer_updated = own.updates.append
+        drained = []
+        own.write_drained = lambda: drained.append(1)
+        transport.set_protocol(Slotless())      # the class seen once: instances still asked
+        transport.set_protocol(own)
+        peer.sendall(b"ab")
+        run_until(loop, lambda: own.updates)
+        assert bytes(store) == b"ab" and own.updates == [2]
+        transport.write(os.urandom(8 << 20))   # more than the socket buffers hold: queued
+        assert transport.get_write_buffer_size() > 0
+        peer.setblocking(False)
+
+        def read_all():
+            try:
+                while peer.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+            return drained
+
+        run_until(loop, read_all, timeout=10)
+        assert drained == [1]
+    finally:
+        transport.abort()
+        peer.close()
+        loop.close()
+
+
 def test_handing_over_to_a_protocol_with_optional_methods_allocates_nothing_per_connection():
     # Idle memory (issue 15): the transport used to keep a bound get_buffer method (64
     # bytes) for as long as an upgraded connection lived.
