@@ -15,6 +15,8 @@ interfaces are declared in :mod:`minisoup.interfaces`: :class:`SocketTransport` 
 import errno
 import heapq
 import logging
+import math
+import select
 import selectors
 import signal
 import socket
@@ -35,6 +37,10 @@ SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is l
 DETACH_FLUSH_TIMEOUT_S = 5.0
 EVENT_READ = _EVENT_READ = selectors.EVENT_READ     # for register()/modify()
 EVENT_WRITE = _EVENT_WRITE = selectors.EVENT_WRITE
+# What an epoll event means for selectors (as EpollSelector.select): writable unless it
+# is EPOLLIN alone, readable unless it is EPOLLOUT alone (errors and hang-ups are both).
+_NOT_EPOLLIN = ~getattr(select, "EPOLLIN", 0)
+_NOT_EPOLLOUT = ~getattr(select, "EPOLLOUT", 0)
 _monotonic = time.monotonic
 
 
@@ -80,12 +86,58 @@ class Handle:
         return self.when < other.when
 
 
+class Selector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
+    """``selectors.DefaultSelector`` with two hot-path additions: :meth:`key_map`, its
+    fd → key dict itself (``get_map()`` is a Mapping view whose ``get`` runs Python code,
+    ~0.1 us per event), and, over epoll, a ``select`` doing per event only what the loop
+    needs (~0.15 us less than ``EpollSelector.select``; same results)."""
+
+    def key_map(self) -> Dict[int, selectors.SelectorKey]:
+        """The registered keys by file descriptor (read-only for callers)."""
+        return self._fd_to_key
+
+    def register_exclusive(self, sock: socket.socket, data: Any) -> None:
+        """``register(sock, EVENT_READ, data)``, with ``EPOLLEXCLUSIVE`` over epoll where
+        Linux has it (a socket shared by processes: one event wakes one of them)."""
+        self.register(sock, _EVENT_READ, data)
+        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+        poller = getattr(self, "_selector", None)  # EpollSelector's epoll object
+        if exclusive and isinstance(self, selectors.EpollSelector) and poller is not None:
+            # EPOLL_CTL_MOD cannot add EPOLLEXCLUSIVE: the descriptor is added anew.
+            poller.unregister(sock.fileno())
+            poller.register(sock.fileno(), select.EPOLLIN | exclusive)
+
+    if selectors.DefaultSelector is getattr(selectors, "EpollSelector", None):
+        def select(self, timeout: Optional[float] = None) -> List[Tuple[Any, int]]:
+            if timeout is None:
+                timeout = -1
+            elif timeout <= 0:
+                timeout = 0
+            else:
+                # epoll_wait() counts milliseconds: round up, to wait at least timeout.
+                timeout = math.ceil(timeout * 1e3) * 1e-3
+            keys = self._fd_to_key
+            try:
+                polled = self._selector.poll(timeout, max(len(keys), 1))
+            except InterruptedError:
+                return []
+            get = keys.get
+            ready = []
+            for fd, event in polled:
+                key = get(fd)
+                if key is not None:
+                    ready.append((key, ((_EVENT_WRITE if event & _NOT_EPOLLIN else 0)
+                                        | (_EVENT_READ if event & _NOT_EPOLLOUT else 0))
+                                  & key.events))
+            return ready
+
+
 class Loop:
-    """A single-threaded event loop over ``selectors.DefaultSelector``."""
+    """A single-threaded event loop over ``selectors.DefaultSelector`` (:class:`Selector`)."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._keys = self._selector.get_map()  # fd → the key registered now
+        self._selector = Selector()
+        self._keys = self._selector.key_map()  # fd → the key registered now
         self._ready: Deque[Handle] = deque()
         self._timers: List[Handle] = []
         self._stopping = False
@@ -156,13 +208,7 @@ class Loop:
         connection wakes one idle worker instead of all of them (the thundering
         herd). Elsewhere it is a plain reader.
         """
-        self._selector.register(sock, _EVENT_READ, callback)
-        poller = getattr(self._selector, "_selector", None)
-        exclusive = getattr(__import__("select"), "EPOLLEXCLUSIVE", 0)
-        if exclusive and isinstance(self._selector, selectors.EpollSelector) and poller:
-            import select
-            poller.unregister(sock.fileno())
-            poller.register(sock.fileno(), select.EPOLLIN | exclusive)
+        self._selector.register_exclusive(sock, callback)
 
     def remove_reader(self, sock: socket.socket) -> None:
         """Stop watching ``sock`` (no error if it was not watched)."""

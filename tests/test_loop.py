@@ -551,3 +551,41 @@ def test_no_event_reaches_a_socket_unwatched_or_replaced_earlier_in_the_same_bat
             loop.remove_reader(sock)
             sock.close()
         loop.close()
+
+
+def test_the_loops_selector_reports_what_the_default_selector_reports():
+    # loop.Selector's own select() (over epoll) must give the same (key, events) as the
+    # selectors module's, for readable, writable, both, and a peer that hung up.
+    import selectors
+
+    from minisoup.loop import Selector
+
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    d.close()  # c: hung up (readable: EOF; writable: EPIPE)
+    mine, theirs = Selector(), selectors.DefaultSelector()
+    try:
+        for sel in (mine, theirs):
+            sel.register(a, selectors.EVENT_READ | selectors.EVENT_WRITE, "a")
+            sel.register(b, selectors.EVENT_READ, "b")
+            sel.register(c, selectors.EVENT_READ | selectors.EVENT_WRITE, "c")
+
+        def seen(sel, timeout):
+            return sorted((key.data, events) for key, events in sel.select(timeout))
+
+        assert seen(mine, 0) == seen(theirs, 0)
+        b.send(b"x")  # a: readable too
+        assert seen(mine, 0.01) == seen(theirs, 0.01) == [
+            ("a", selectors.EVENT_READ | selectors.EVENT_WRITE),
+            ("c", selectors.EVENT_READ | selectors.EVENT_WRITE)]
+        assert mine.key_map()[a.fileno()].data == "a"
+        for sel in (mine, theirs):
+            sel.unregister(a)
+            sel.unregister(c)
+        assert seen(mine, 0) == seen(theirs, 0) == []
+        assert seen(mine, 0.001) == []
+    finally:
+        mine.close()
+        theirs.close()
+        for s in (a, b, c):
+            s.close()
