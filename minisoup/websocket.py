@@ -667,9 +667,13 @@ class WebsocketConnection(SignalEmitter):
             self._close_timer.cancel()
             self._close_timer = None
         self._parser = None
-        if self._pubsub is not None:  # unsubscribed before "closed" handlers run
-            self._pubsub.connection_closed(self)
-        self.emit("closed")
+        pubsub = self._pubsub
+        # Unsubscribed before "closed" handlers run. Hot path (every close): no call for a
+        # connection that holds no subscription, nor for a signal nobody connected.
+        if pubsub is not None and self in pubsub.subscribed:
+            pubsub.connection_closed(self)
+        if self._signals is not None:
+            self.emit("closed")
         if self._on_closed is not None:
             self._on_closed(self)
             self._on_closed = None
