@@ -272,11 +272,14 @@ class HTTPConnection:
         if msg is None or msg.get_status() != SWITCHING_PROTOCOLS:
             raise IllegalTransition("take_over() needs a message answered with 101")
         self._set_state(_UPGRADED)
-        headers = msg.get_response_headers()
-        version = self._response_head(msg, headers, final=False)
+        # _response_head(final=False)'s work, inlined: the version only (a 101 gets no
+        # Connection field of ours).
+        req = self.request
+        head = build_response_head(req.version if req is not None else "HTTP/1.1",
+                                   SWITCHING_PROTOCOLS, msg.get_reason_phrase(),
+                                   msg.get_response_headers())
         transport = self.transport
-        transport.write(build_response_head(version, SWITCHING_PROTOCOLS,
-                                            msg.get_reason_phrase(), headers))
+        transport.write(head)
         transport.flush()
         msg.detach()
         self.msg = self.entry = self.request = None
