@@ -559,7 +559,8 @@ class WebsocketConnection(SignalEmitter):
             self._state = _CLOSING
             if self._keepalive_timer is not None or self._pong_timer is not None:
                 self._cancel_keepalive()
-            self.emit("closing")
+            if self._signals is not None:  # else nobody is connected (no call: hot path)
+                self.emit("closing")
 
     def _write_close(self, code: int, reason: str) -> None:
         if self._sent_close:
