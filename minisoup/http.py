@@ -240,6 +240,21 @@ class MessageHeaders:
         self._items.append((name, value))
         index[lname] = (value,)
 
+    def replace_each_unchecked(self, items: Iterable[Tuple[str, str]]) -> None:
+        """:meth:`replace_unchecked` for each (name, value) of ``items``, in order."""
+        # Hot path (a 101's three fields): one call, and the pairs kept as they are when
+        # the name is new (~0.2 us less than three replace_unchecked calls).
+        index = self._index
+        if index is None:
+            index = self._get_index()
+        for item in items:
+            name, value = item
+            lname = name.lower()
+            if lname in index:
+                self._items = [(k, v) for k, v in self._items if k.lower() != lname]
+            self._items.append(item if type(item) is tuple else (name, value))
+            index[lname] = (value,)
+
     def copy(self) -> "MessageHeaders":
         """A copy of these headers (later changes to one do not show in the other)."""
         # The index too (its values are tuples): a response's headers start as a copy of

@@ -493,6 +493,25 @@ def test_message_headers_named_unchecked_methods():
     assert h.items() == [("Connection", "close"), ("X-A", "3")]
 
 
+@pytest.mark.parametrize("indexed", [False, True])
+def test_replace_each_unchecked_is_replace_unchecked_in_turn(indexed):
+    fields = [("Date", "d"), ("x-a", "1"), ("Server", "s"), ("X-A", "2")]
+    changes = [("X-A", "3"), ("Upgrade", "websocket"), ["upgrade", "h2c"], ("Connection", "Upgrade")]
+    one, each = MessageHeaders(fields), MessageHeaders(fields)
+    if indexed:
+        one.get_one("date"), each.get_one("date")
+    for name, value in changes:
+        one.replace_unchecked(name, value)
+    each.replace_each_unchecked(changes)
+    assert each.items() == one.items() == [("Date", "d"), ("Server", "s"), ("X-A", "3"),
+                                           ("upgrade", "h2c"), ("Connection", "Upgrade")]
+    for name in ("x-a", "Upgrade", "connection", "DATE", "none"):
+        assert each.get_all(name) == one.get_all(name)
+    head = MessageHeaders.from_checked_fields("\r\nHost: h\r\nUpgrade: a")
+    head.replace_each_unchecked([("Upgrade", "b")])
+    assert head.items() == [("Host", "h"), ("Upgrade", "b")]
+
+
 def test_header_contains_uses_ows_only():
     h = MessageHeaders([("Connection", "keep-alive, ,Upgrade\t"), ("Upgrade", "websocket\xa0")])
     assert h.header_contains("Connection", "upgrade")
