@@ -42,6 +42,12 @@ EVENT_WRITE = _EVENT_WRITE = selectors.EVENT_WRITE
 _NOT_EPOLLIN = ~getattr(select, "EPOLLIN", 0)
 _NOT_EPOLLOUT = ~getattr(select, "EPOLLOUT", 0)
 _monotonic = time.monotonic
+# For Selector's register() (hot path).
+_NOT_READ_WRITE = ~(_EVENT_READ | _EVENT_WRITE)
+_EPOLLIN = getattr(select, "EPOLLIN", 0)
+_EPOLLOUT = getattr(select, "EPOLLOUT", 0)
+_SelectorKey = selectors.SelectorKey
+_new_key = tuple.__new__  # a SelectorKey without its Python-level __new__
 
 
 def _callback_name(callback: Any) -> str:
@@ -108,6 +114,41 @@ class Selector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
 
     if selectors.DefaultSelector is getattr(selectors, "EpollSelector", None):
+        # Hot path (every connection registers its socket and unregisters it at the
+        # close): for a plain socket.socket, the work of the stdlib's register() and
+        # unregister() (two levels of Python each, the fd found through
+        # _fileobj_lookup) in one, ~1.4 us less per connection. Anything else, or
+        # anything that is an error (bad events, a closed socket, an fd registered
+        # twice or not at all), takes the stdlib's path, which raises as it does.
+        def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+            if fileobj.__class__ is not socket.socket or events & _NOT_READ_WRITE or not events:
+                return super().register(fileobj, events, data)
+            fd = fileobj.fileno()
+            keys = self._fd_to_key
+            if fd < 0 or fd in keys:
+                return super().register(fileobj, events, data)
+            key = keys[fd] = _new_key(_SelectorKey, (fileobj, fd, events, data))
+            try:
+                self._selector.register(fd, (_EPOLLIN if events & _EVENT_READ else 0)
+                                        | (_EPOLLOUT if events & _EVENT_WRITE else 0))
+            except BaseException:
+                del keys[fd]
+                raise
+            return key
+
+        def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+            if fileobj.__class__ is not socket.socket:
+                return super().unregister(fileobj)
+            fd = fileobj.fileno()
+            key = self._fd_to_key.pop(fd, None) if fd >= 0 else None
+            if key is None:
+                return super().unregister(fileobj)
+            try:
+                self._selector.unregister(fd)
+            except OSError:
+                pass
+            return key
+
         def select(self, timeout: Optional[float] = None) -> List[Tuple[Any, int]]:
             if timeout is None:
                 timeout = -1

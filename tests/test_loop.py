@@ -6,6 +6,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from minisoup.loop import EVENT_READ, EVENT_WRITE, Loop, SocketTransport
 
 
@@ -589,3 +591,42 @@ def test_the_loops_selector_reports_what_the_default_selector_reports():
         theirs.close()
         for s in (a, b, c):
             s.close()
+
+
+def test_the_loops_selector_registers_as_the_default_selector_does():
+    # loop.Selector's own register()/unregister() (over epoll, for a plain socket) must
+    # give the same keys and raise the same errors as the selectors module's.
+    import selectors
+
+    from minisoup.loop import Selector
+
+    a, b = socket.socketpair()
+    mine, theirs = Selector(), selectors.DefaultSelector()
+    try:
+        for sel in (mine, theirs):
+            key = sel.register(a, selectors.EVENT_READ | selectors.EVENT_WRITE, "a")
+            assert type(key) is selectors.SelectorKey
+            assert key == (a, a.fileno(), 3, "a") and sel.get_key(a) is key
+            with pytest.raises(KeyError):
+                sel.register(a, selectors.EVENT_READ)
+            for events in (0, 4, selectors.EVENT_READ | 8):
+                with pytest.raises(ValueError):
+                    sel.register(b, events)
+            with pytest.raises(KeyError):
+                sel.unregister(b)
+            assert sel.unregister(a) is key
+            with pytest.raises(KeyError):
+                sel.unregister(a)
+            sel.register(b, selectors.EVENT_WRITE, "b")
+        assert [k.data for k, _ in mine.select(0)] == [k.data for k, _ in theirs.select(0)] == ["b"]
+        for sel in (mine, theirs):
+            key = sel.register(a, selectors.EVENT_READ, "a")
+        fd = a.fileno()
+        a.close()  # closed while registered: found by the socket object, as the stdlib does
+        for sel in (mine, theirs):
+            assert sel.unregister(a).fd == fd
+    finally:
+        mine.close()
+        theirs.close()
+        a.close()
+        b.close()
