@@ -813,7 +813,8 @@ class Server(SignalEmitter):
         self._http.discard(conn)
         if transport.is_closing():
             return True  # the peer left during the 101: the request was aborted
-        uri = msg.get_uri()
+        # Hot path: the URI's fields as the message holds them, no SplitResult made (~0.2 us).
+        uri = msg.get_uri_fields()
         # Hot path: the arguments by position (~0.25 us less than by keyword).
         ws = WebsocketConnection(transport, _SERVER, self._loop, _websocket_uri(uri),
                                  headers.get_one("Origin"), result.protocol, result.extensions,
@@ -829,7 +830,7 @@ class Server(SignalEmitter):
         callback = handler.callback
         last_callback.value = callback
         try:
-            callback(self, msg, uri.path, ws, handler.user_data)
+            callback(self, msg, uri[2], ws, handler.user_data)  # the path
         except Exception:
             log.exception("exception in WebSocket handler %r", callback)
             ws.close(1011, "handler error")
@@ -921,10 +922,11 @@ class _Acceptor:
             pass
 
 
-def _websocket_uri(uri: SplitResult) -> tuple:
+def _websocket_uri(uri: tuple) -> tuple:
     # The connection's URI names the WebSocket: ws:// or, over TLS, wss:// (SPEC 8). A
     # plain tuple: the connection makes it a SplitResult if someone asks (hot path).
-    return ("wss" if uri.scheme == "https" else "ws",) + uri[1:]
+    # ``uri``: a request's five URI fields (a SplitResult or a plain tuple).
+    return ("wss" if uri[0] == "https" else "ws",) + uri[1:]
 
 
 def _peer_address(remote: Any, headers: Any) -> Any:
