@@ -714,6 +714,7 @@ class Server(SignalEmitter):
         # listener whose class has its own accept() (a subclass) gets that called.
         socket_args = acceptor.socket_args
         if socket_args is not None:
+            # reach-in: socket.socket's own first step of accept() (the stdlib's, stable since 3.3).
             raw_accept = listener._accept
             family, kind, proto = socket_args
         for _ in range(ACCEPT_PER_WAKEUP):
