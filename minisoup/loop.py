@@ -93,10 +93,12 @@ class Handle:
 
 
 class Selector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
-    """``selectors.DefaultSelector`` with two hot-path additions: :meth:`key_map`, its
+    """``selectors.DefaultSelector`` with hot-path additions: :meth:`key_map`, its
     fd → key dict itself (``get_map()`` is a Mapping view whose ``get`` runs Python code,
     ~0.1 us per event), and, over epoll, a ``select`` doing per event only what the loop
-    needs (~0.15 us less than ``EpollSelector.select``; same results)."""
+    needs (~0.15 us less than ``EpollSelector.select``; same results) and a
+    ``register``/``unregister`` of a plain socket in one step (~1.4 us less per
+    connection; everything else, errors included, goes the stdlib's way)."""
 
     def key_map(self) -> Dict[int, selectors.SelectorKey]:
         """The registered keys by file descriptor (read-only for callers)."""
