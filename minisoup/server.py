@@ -857,15 +857,7 @@ class Server(SignalEmitter):
             access_log.info('%s "WEBSOCKET %s" closed %d %s', remote[0] if remote else "-",
                             quote_path(getattr(ws.get_uri(), "path", "-")), ws.get_close_code(),
                             ws.get_close_data() or "")
-        # _connection_closed()'s work, inlined (every WebSocket close): a WebSocket is
-        # never in _http (taken out at the upgrade).
-        self._websockets.discard(ws)
-        if self._gate is not None:
-            self._gate.connections_changed(len(self._http) + len(self._websockets))
-        if self._stopping:
-            self._check_stopped(time.monotonic())
-        elif not self._accepting:
-            self._update_accepting()
+        self._connection_closed(ws)
 
     # -- logging ---------------------------------------------------------------------------
     def _access_log(self, msg: ServerMessage, length: int) -> None:
