@@ -272,8 +272,7 @@ class HTTPConnection:
         if msg is None or msg.get_status() != SWITCHING_PROTOCOLS:
             raise IllegalTransition("take_over() needs a message answered with 101")
         self._set_state(_UPGRADED)
-        # _response_head(final=False)'s work, inlined: the version only (a 101 gets no
-        # Connection field of ours).
+        # The version only: a 101 gets no Connection field of ours (_response_head's).
         req = self.request
         head = build_response_head(req.version if req is not None else "HTTP/1.1",
                                    SWITCHING_PROTOCOLS, msg.get_reason_phrase(),
@@ -596,14 +595,11 @@ class HTTPConnection:
         else:
             self.transport.abort()
 
-    def _response_head(self, msg: ServerMessage, headers: MessageHeaders,
-                       final: bool = True) -> str:
-        """Complete a response's headers (Connection, for a ``final`` one, i.e. not the
-        101 of an upgrade); returns the HTTP version to answer with."""
+    def _response_head(self, msg: ServerMessage, headers: MessageHeaders) -> str:
+        """Complete a final response's headers (Connection); returns the HTTP version to
+        answer with. (The 101 of an upgrade gets no Connection field of ours: take_over.)"""
         req = self.request  # None for an unparsable request: answered as HTTP/1.1
         version = req.version if req is not None else "HTTP/1.1"
-        if not final:
-            return version
         # As libsoup: a response that says "Connection: close" ends the connection (RFC
         # 9112 §9.6: the server MUST then close after it). The failed handshake says it.
         if (not self.keep_alive

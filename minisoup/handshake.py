@@ -140,17 +140,13 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
         raise _bad_request("WebSocket handshake expected: method must be GET, not %s" % method)
     if http_version != "HTTP/1.1":
         raise _bad_request("WebSocket handshake expected: HTTP/1.1 required, not %s" % http_version)
+    if not _has_token(headers, "Upgrade", UPGRADE_TOKEN):
+        raise _bad_request("WebSocket handshake expected: Upgrade header must contain websocket")
+    if not _has_token(headers, "Connection", CONNECTION_TOKEN):
+        raise _bad_request("WebSocket handshake expected: Connection header must contain Upgrade")
     # Hot path (every upgrade): the lookups bound once, each field looked up once or twice.
     get_list = headers.get_list
     get_one = headers.get_one
-    value = get_list("Upgrade")
-    if value is None or (value.lower() != UPGRADE_TOKEN
-                         and not list_contains(value, UPGRADE_TOKEN)):
-        raise _bad_request("WebSocket handshake expected: Upgrade header must contain websocket")
-    value = get_list("Connection")
-    if value is None or (value.lower() != CONNECTION_TOKEN
-                         and not list_contains(value, CONNECTION_TOKEN)):
-        raise _bad_request("WebSocket handshake expected: Connection header must contain Upgrade")
 
     # RFC 6455 11.3.1 and 11.3.5: Key and Version MUST NOT appear more than once in a
     # request. Taking the last of several (as libsoup does for the Key) would let a

@@ -39,13 +39,13 @@ EVENT_READ = _EVENT_READ = selectors.EVENT_READ     # for register()/modify()
 EVENT_WRITE = _EVENT_WRITE = selectors.EVENT_WRITE
 # What an epoll event means for selectors (as EpollSelector.select): writable unless it
 # is EPOLLIN alone, readable unless it is EPOLLOUT alone (errors and hang-ups are both).
-_NOT_EPOLLIN = ~getattr(select, "EPOLLIN", 0)
-_NOT_EPOLLOUT = ~getattr(select, "EPOLLOUT", 0)
+_EPOLLIN = getattr(select, "EPOLLIN", 0)
+_EPOLLOUT = getattr(select, "EPOLLOUT", 0)
+_NOT_EPOLLIN = ~_EPOLLIN
+_NOT_EPOLLOUT = ~_EPOLLOUT
 _monotonic = time.monotonic
 # For Selector's register() (hot path).
 _NOT_READ_WRITE = ~(_EVENT_READ | _EVENT_WRITE)
-_EPOLLIN = getattr(select, "EPOLLIN", 0)
-_EPOLLOUT = getattr(select, "EPOLLOUT", 0)
 _SelectorKey = selectors.SelectorKey
 _new_key = tuple.__new__  # a SelectorKey without its Python-level __new__
 
@@ -113,7 +113,7 @@ class Selector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
         if exclusive and isinstance(self, selectors.EpollSelector) and poller is not None:
             # EPOLL_CTL_MOD cannot add EPOLLEXCLUSIVE: the descriptor is added anew.
             poller.unregister(sock.fileno())
-            poller.register(sock.fileno(), select.EPOLLIN | exclusive)
+            poller.register(sock.fileno(), _EPOLLIN | exclusive)
 
     if selectors.DefaultSelector is getattr(selectors, "EpollSelector", None):
         # Hot path (every connection registers its socket and unregisters it at the

@@ -264,11 +264,6 @@ class ServerMessage(SignalEmitter):
             uri = self._uri = SplitResult(*uri)
         return uri
 
-    def get_uri_fields(self) -> tuple:
-        """:meth:`get_uri`'s five fields, as a ``SplitResult`` or a plain tuple (whichever
-        the message holds: the ``SplitResult`` is made by the first :meth:`get_uri`)."""
-        return self._uri
-
     def get_http_version(self) -> str:
         """"HTTP/1.1" or "HTTP/1.0"."""
         return self._version

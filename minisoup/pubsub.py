@@ -228,11 +228,6 @@ class TopicRegistry:
         self._listeners: Dict[str, List[Subscription]] = {}
         self.watcher: Optional[Callable[[str, bool], None]] = None
 
-    def subscribed(self) -> Dict[Any, set]:
-        """Connection → its topics, for each connection holding a subscription (the
-        registry's own dict, kept up to date; do not modify it)."""
-        return self._topics
-
     def is_active(self, topic: str) -> bool:
         """True if ``topic`` has a subscribed connection or a listener."""
         return topic in self._connections or topic in self._listeners
@@ -323,9 +318,6 @@ class PubSub:
     def __init__(self, server: Any) -> None:
         self._server = server
         self._registry = TopicRegistry()
-        # The connections holding a subscription (its keys): a closing connection without
-        # one need not call connection_closed(). The registry's own dict, kept up to date.
-        self.subscribed: Dict[Any, set] = self._registry.subscribed()
         self._relay: Any = None  # relay.RelayEndpoint, in a pre-forked worker
         self._broker: Any = None  # broker.RedisBroker, with Server(broker=...)
 

@@ -799,23 +799,20 @@ class Server(SignalEmitter):
             msg.set_response("text/plain; charset=utf-8", exc.message + "\n")
             return False
         msg.set_status(101)
-        # The handshake's own values need no injection check (~0.6 us each): constants,
-        # the base64 accept key, and a protocol taken from the client's parsed offer.
-        # The extension answer, last when there is one, comes from extension classes,
-        # which may be third-party: checked.
-        fields = result.headers
-        if fields[-1][0] == "Sec-WebSocket-Extensions":
-            response_headers.replace_each_unchecked(fields[:-1])
-            response_headers.replace(*fields[-1])
-        else:
-            response_headers.replace_each_unchecked(fields)
+        for name, value in result.headers:
+            # The handshake's own values need no injection check (~0.6 us each): constants,
+            # the base64 accept key, and a protocol taken from the client's parsed offer.
+            # The extension answer comes from extension classes, which may be third-party.
+            if name == "Sec-WebSocket-Extensions":
+                response_headers.replace(name, value)
+            else:
+                response_headers.replace_unchecked(name, value)
         # The callback runs once the 101 is written (SPEC 1): take_over() flushes it.
         transport, leftover = conn.take_over()
         self._http.discard(conn)
         if transport.is_closing():
             return True  # the peer left during the 101: the request was aborted
-        # Hot path: the URI's fields as the message holds them, no SplitResult made (~0.2 us).
-        uri = msg.get_uri_fields()
+        uri = msg.get_uri()
         # Hot path: the arguments by position (~0.25 us less than by keyword).
         ws = WebsocketConnection(transport, _SERVER, self._loop, _websocket_uri(uri),
                                  headers.get_one("Origin"), result.protocol, result.extensions,
@@ -831,7 +828,7 @@ class Server(SignalEmitter):
         callback = handler.callback
         last_callback.value = callback
         try:
-            callback(self, msg, uri[2], ws, handler.user_data)  # the path
+            callback(self, msg, uri.path, ws, handler.user_data)
         except Exception:
             log.exception("exception in WebSocket handler %r", callback)
             ws.close(1011, "handler error")
@@ -871,7 +868,8 @@ class Server(SignalEmitter):
 
 class _Acceptor:
     """What the connections accepted from one listener share, worked out once: whether
-    it is TLS, the local address when the listener is bound to one address (each
+    it is TLS, the family, type and protocol each accepted socket is made with
+    (``socket_args``), the local address when the listener is bound to one address (each
     connection's own ``getsockname()`` would give the same), and whether TCP_NODELAY
     still has to be set on each connection (Linux copies the listener's to the
     connections it accepts: checked on the first one, then no ``setsockopt`` per
@@ -915,11 +913,10 @@ class _Acceptor:
             pass
 
 
-def _websocket_uri(uri: tuple) -> tuple:
+def _websocket_uri(uri: SplitResult) -> tuple:
     # The connection's URI names the WebSocket: ws:// or, over TLS, wss:// (SPEC 8). A
     # plain tuple: the connection makes it a SplitResult if someone asks (hot path).
-    # ``uri``: a request's five URI fields (a SplitResult or a plain tuple).
-    return ("wss" if uri[0] == "https" else "ws",) + uri[1:]
+    return ("wss" if uri.scheme == "https" else "ws",) + uri[1:]
 
 
 def _peer_address(remote: Any, headers: Any) -> Any:

@@ -557,8 +557,7 @@ class WebsocketConnection(SignalEmitter):
     def _set_closing(self) -> None:
         if self._state is _OPEN:
             self._state = _CLOSING
-            if self._keepalive_timer is not None or self._pong_timer is not None:
-                self._cancel_keepalive()
+            self._cancel_keepalive()
             if self._signals is not None:  # else nobody is connected (no call: hot path)
                 self.emit("closing")
 
@@ -631,8 +630,6 @@ class WebsocketConnection(SignalEmitter):
             self._fail(CloseCode.POLICY_VIOLATION, "no pong within %g s" % self._keepalive_pong_timeout)
 
     def _cancel_keepalive(self) -> None:
-        # Twice per connection (closing, closed), nearly always with no timer: the callers
-        # test for one first (hot path: no call).
         timer = self._keepalive_timer
         if timer is not None:
             timer.cancel()
@@ -659,21 +656,16 @@ class WebsocketConnection(SignalEmitter):
             if exc is not None:
                 self.emit("error", WebsocketError(CloseCode.ABNORMAL, str(exc)))
             self._close_code, self._close_data = CloseCode.ABNORMAL, ""
-        if self._state is _OPEN:
-            self._set_closing()
+        self._set_closing()
         self._state = _CLOSED
-        if self._keepalive_timer is not None or self._pong_timer is not None:
-            self._cancel_keepalive()
+        self._cancel_keepalive()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
         self._parser = None
-        pubsub = self._pubsub
-        # Unsubscribed before "closed" handlers run. Hot path (every close): no call for a
-        # connection that holds no subscription, nor for a signal nobody connected.
-        if pubsub is not None and self in pubsub.subscribed:
-            pubsub.connection_closed(self)
-        if self._signals is not None:
+        if self._pubsub is not None:  # unsubscribed before "closed" handlers run
+            self._pubsub.connection_closed(self)
+        if self._signals is not None:  # else nobody is connected (no call: hot path)
             self.emit("closed")
         if self._on_closed is not None:
             self._on_closed(self)
