@@ -884,6 +884,9 @@ def test_sighup_reloads_the_certificate_files_and_keeps_the_old_if_broken(tmp_pa
         proc.wait_log(r"worker \d+ ready", count=4, timeout=15)
         wait_for(lambda: proc.count_log(r"replaced by pid") >= 2, timeout=15,
                  what="both workers replaced")
+        # A retired worker accepts until its SIGTERM is handled: wait until both are gone.
+        wait_for(lambda: proc.count_log(r"master: worker \d+ \(pid \d+\) exited") >= 2,
+                 timeout=15, what="both old workers gone")
         assert _served_certificate(proc.port) == _pem_to_der(cert("server2.pem"))
         assert https_get(proc.port, "/worker")[0] == 200
         # Broken files: an error line, and the workers keep serving the certificate in use.
@@ -893,6 +896,8 @@ def test_sighup_reloads_the_certificate_files_and_keeps_the_old_if_broken(tmp_pa
         proc.wait_log(r"worker \d+ ready", count=6, timeout=15)
         wait_for(lambda: proc.count_log(r"replaced by pid") >= 4, timeout=15,
                  what="both workers replaced again")
+        wait_for(lambda: proc.count_log(r"master: worker \d+ \(pid \d+\) exited") >= 4,
+                 timeout=15, what="the replaced workers gone again")
         assert _served_certificate(proc.port) == _pem_to_der(cert("server2.pem"))
         assert not [line for line in proc.log if "Traceback" in line]
 
