@@ -505,6 +505,30 @@ class Request:
         self.chunked = False
         self.expect_continue = False
 
+    def again(self, headers: MessageHeaders) -> "Request":
+        """This request read again (a keep-alive client repeating its head byte for byte,
+        see :class:`RequestParser`): everything parsed is shared, and ``headers`` are the new
+        request's own. Only for a request without a body (nothing else of it changes
+        after parsing)."""
+        req = _new_request(Request)
+        req.method = self.method
+        req.target = self.target
+        req.version = self.version
+        req.headers = headers
+        req.keep_alive = self.keep_alive
+        req.content_length = 0
+        req.chunked = False
+        req.expect_continue = False
+        req.path = self.path
+        req.query = self.query
+        req.form = self.form  # never changed: each handler gets its own copy
+        req.host = self.host
+        req.host_field = self.host_field
+        return req
+
+
+_new_request = object.__new__
+
 
 # The common request, parsed in a few C-level passes (hot path): a usual method, an
 # origin-form target, HTTP/1.0 or 1.1, and field lines "token:value" whose values hold
@@ -523,6 +547,10 @@ _FIELD = re.compile(r"\r\n([^:]+):[ \t]*([^\r]*)")
 _PARSER_FIELD = re.compile(
     r"\r\n(?i:(host|connection|content-length|transfer-encoding|expect)):[ \t]*([^\r]*)", re.ASCII)
 _VERSIONS_BY_DIGIT = {b"1": "HTTP/1.1", b"0": "HTTP/1.0"}
+# The longest head (with its blank line) a parser remembers to recognise its repetition
+# (RequestParser.read_head): a browser's is usually under 1 KiB, and what is kept per
+# connection stays small.
+SAME_HEAD_MAX = 2048
 
 
 def _parse_simple_head(buf: bytes, start: int, end: int,
@@ -693,7 +721,7 @@ class RequestParser:
     __slots__ = ("_buf", "_off", "max_header_size", "max_body_size", "_request", "_body",
                  "_body_size", "_chunk_left", "_chunk_state", "_scanned", "_line_scanned",
                  "_empty_lines", "_metadata_size", "_defer_length_check", "_pieces", "_keep",
-                 "body_type")
+                 "body_type", "_same")
 
     def __init__(self, max_header_size: int = 65536, max_body_size: int = 16 * 1024 * 1024,
                  defer_length_check: bool = False, body_type: type = bytes) -> None:
@@ -723,6 +751,9 @@ class RequestParser:
         # may not exceed max_header_size, as the head may not (else many lines, each under
         # the limit, could be sent without end).
         self._metadata_size = 0
+        # The last head parsed that a repetition may reuse: (its bytes with the blank line,
+        # its Request, its field lines as parsed), or None. See read_head().
+        self._same: Optional[Tuple[bytes, Request, Optional[str]]] = None
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the peer."""
@@ -738,6 +769,7 @@ class RequestParser:
         data = self._buf[self._off:] if self._off else self._buf
         self._buf, self._off = b"", 0
         self._scanned = 0
+        self._same = None
         return data
 
     @property
@@ -793,14 +825,30 @@ class RequestParser:
             return None
         self._consumed(end + 4)
         self._scanned = 0
-        max_body_size = 0 if self._defer_length_check else self.max_body_size
-        req = _parse_simple_head(buf, off, end, max_body_size)
-        if req is None:
-            block = buf[off:end]
-            bare = block.replace(CRLF, b"")
-            if b"\n" in bare or b"\r" in bare:
-                raise HTTPError(400, "Bare CR or LF in the request head (CRLF required)")
-            req = _parse_head(block, max_body_size)
+        same = self._same
+        if same is not None and end + 4 - off == len(same[0]) and buf.startswith(same[0], off):
+            # Hot path: a keep-alive client repeats its head byte for byte. What parsing
+            # found of those bytes (every check passed, the same fields, no body) is true
+            # of them again: only the headers are made anew, each message's own.
+            req = same[1].again(MessageHeaders._of([], None, same[2]))
+        else:
+            max_body_size = 0 if self._defer_length_check else self.max_body_size
+            req = _parse_simple_head(buf, off, end, max_body_size)
+            if req is None:
+                block = buf[off:end]
+                bare = block.replace(CRLF, b"")
+                if b"\n" in bare or b"\r" in bare:
+                    raise HTTPError(400, "Bare CR or LF in the request head (CRLF required)")
+                req = _parse_head(block, max_body_size)
+                self._same = None
+            elif (end + 4 - off <= SAME_HEAD_MAX
+                  and not (req.content_length or req.chunked or req.expect_continue)):
+                # A head without a body, parsed the common way: remembered (the bytes are
+                # not copied when they are all the read held, as usual).
+                head = buf if off == 0 and end + 4 == len(buf) else buf[off:end + 4]
+                self._same = (head, req, req.headers._fields)
+            else:
+                self._same = None
         self._request = req
         self._body = None
         self._pieces = None

@@ -560,3 +560,91 @@ def test_headers_copy_is_independent_and_replace_checks_before_removing():
     with pytest.raises(ValueError):
         h.replace("Date", "x\r\nInjected: 1")
     assert h.get_one("Date") == "d"  # a refused value leaves the field as it was
+
+
+REQUEST_SLOTS = ("method", "target", "version", "keep_alive", "content_length", "chunked",
+                 "expect_continue", "path", "query", "form", "host", "host_field")
+
+
+def _fields(req):
+    return req.headers.items()
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_repeated_head_is_the_same_request_with_headers_of_its_own(pipelined):
+    # A keep-alive client repeats its head byte for byte: the parser reuses what it found
+    # (read_head's hot path), and each request still gets headers of its own.
+    head = b"GET /a?x=1&y=%C3%A9 HTTP/1.1\r\nHost: h:1\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\n"
+    p = RequestParser()
+    p.feed(head + head if pipelined else head)
+    first = p.read_head()
+    assert p.read_body() == b""
+    first.headers.append("X-Added", "by the first handler")
+    first.headers.remove("X-A")
+    if not pipelined:
+        p.feed(head)
+    second = p.read_head()
+    assert p.read_body() == b""
+    assert second is not first and second.headers is not first.headers
+    for name in REQUEST_SLOTS:
+        assert getattr(second, name) == getattr(first, name), name
+    assert second.form == {"x": "1", "y": "é"}
+    assert _fields(second) == [("Host", "h:1"), ("Connection", "keep-alive"), ("X-A", "1")]
+    assert second.headers.get_one("x-added") is None
+    # The reused request's headers are the parser's as usual: indexed, copied, edited.
+    copy = second.headers.copy()
+    copy.replace("X-A", "2")
+    assert second.headers.get_one("X-A") == "1" and copy.get_one("x-a") == "2"
+
+
+def test_a_different_head_of_the_same_length_is_parsed_and_checked_anew():
+    good = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    p = RequestParser()
+    p.feed(good)
+    assert p.read_head().path == "/a" and p.read_body() == b""
+    other = good.replace(b"/a", b"/b")
+    p.feed(other)
+    assert p.read_head().path == "/b" and p.read_body() == b""
+    for bad, status in ((b"GET /b HTTP/1.1\r\nHost: h\x01\r\n\r\n", 400),   # same length, bad byte
+                        (b"GET /b HTTP/1.1\r\nHost  h\r\n\r\n", 400),       # same length, no colon
+                        (b"GET /b HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n", 400)):
+        p2 = RequestParser()
+        p2.feed(other)
+        p2.read_head()
+        p2.read_body()
+        p2.feed(bad)
+        with pytest.raises(HTTPError) as info:
+            p2.read_head()
+        assert info.value.status == status
+
+
+def test_heads_with_a_body_are_framed_every_time():
+    # Content-Length and Transfer-Encoding depend on more than the bytes of the head (the
+    # body limit); such heads are never reused, so each one is framed and limited anew.
+    head = b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"
+    p = RequestParser(max_body_size=10)
+    p.feed(head + b"hello" + head + b"world")
+    assert p.read_head().content_length == 5 and p.read_body() == b"hello"
+    req = p.read_head()
+    assert req.content_length == 5 and p.read_body() == b"world"
+    p.max_body_size = 4
+    p.feed(head + b"again")
+    with pytest.raises(HTTPError) as info:
+        p.read_head()
+    assert info.value.status == 413
+
+
+def test_the_remembered_head_is_bounded_and_forgotten_on_take_buffer():
+    from minisoup import http
+    big = (b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"a" * http.SAME_HEAD_MAX + b"\r\n\r\n")
+    p = RequestParser()
+    p.feed(big)
+    p.read_head()
+    p.read_body()
+    assert p._same is None  # too long to keep
+    small = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    p.feed(small + b"leftover")
+    p.read_head()
+    p.read_body()
+    assert p._same is not None and len(p._same[0]) == len(small)  # a copy of the head alone
+    assert p.take_buffer() == b"leftover" and p._same is None

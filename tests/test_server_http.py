@@ -253,6 +253,46 @@ def test_keep_alive_pipelining_in_order_and_head():
     assert b"Content-Length: 5" in head_response and head_response.endswith(b"\r\n\r\n")
 
 
+def test_a_repeated_request_on_a_keep_alive_connection_is_served_as_the_first():
+    # The same head twice on one connection (the parser's reused parse, the hot path):
+    # the second message has its own request headers, untouched by the first handler's
+    # edits, and the same path, query and fields; a paused first request keeps its own.
+    seen = []
+    server = minisoup.Server()
+
+    def handler(server_, msg, path, query, ud):
+        headers = msg.get_request_headers()
+        seen.append((path, query, msg.get_uri().query, headers.items()))
+        headers.append("X-Seen", str(len(seen)))
+        if len(seen) == 1:
+            msg.pause()
+
+            def answer():
+                msg.set_response("text/plain", headers.get_list("X-Seen"))
+                msg.set_status(200)
+                msg.unpause()
+            server_.call_later(0.1, answer)
+            return
+        msg.set_response("text/plain", headers.get_list("X-Seen"))
+        msg.set_status(200)
+
+    server.add_handler(None, handler)
+    head = b"GET /r?a=1 HTTP/1.1\r\nHost: h\r\nX-Tag: t\r\n\r\n"
+    with running(server) as port:
+        sock = raw_connect(port)
+        sock.sendall(head + head)
+        time.sleep(0.05)
+        sock.sendall(head + b"GET /r?a=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        data = recv_until_closed(sock)
+        sock.close()
+    assert data.count(b"HTTP/1.1 200 OK") == 4
+    bodies = [part.split(b"\r\n\r\n", 1)[1][:1] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert bodies == [b"1", b"2", b"3", b"4"]
+    fields = [("Host", "h"), ("X-Tag", "t")]
+    assert seen[:3] == [("/r", {"a": "1"}, "a=1", fields)] * 3
+    assert seen[3][3] == [("Host", "h"), ("Connection", "close")]
+
+
 def test_http10_closes_and_keepalive_when_asked():
     server = minisoup.Server()
     server.add_handler(None, text_handler("x"))
