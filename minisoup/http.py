@@ -176,6 +176,11 @@ class MessageHeaders:
         """``MessageHeaders(fields=fields)``, for minisoup's parser (hot path)."""
         return cls._of([], None, fields or None)
 
+    def checked_fields(self) -> Optional[str]:
+        """For minisoup's parser: the field lines given to :meth:`from_checked_fields`, as long
+        as nothing has split them into fields yet (no lookup, no change); else ``None``."""
+        return self._fields
+
     def _split_fields(self) -> None:
         # Only before anything else touched _items: they are the head's fields, in order.
         self._items = _FIELD.findall(self._fields)
@@ -830,7 +835,7 @@ class RequestParser:
             # Hot path: a keep-alive client repeats its head byte for byte. What parsing
             # found of those bytes (every check passed, the same fields, no body) is true
             # of them again: only the headers are made anew, each message's own.
-            req = same[1].again(MessageHeaders._of([], None, same[2]))
+            req = same[1].again(MessageHeaders.from_checked_fields(same[2]))
         else:
             max_body_size = 0 if self._defer_length_check else self.max_body_size
             req = _parse_simple_head(buf, off, end, max_body_size)
@@ -846,7 +851,7 @@ class RequestParser:
                 # A head without a body, parsed the common way: remembered (the bytes are
                 # not copied when they are all the read held, as usual).
                 head = buf if off == 0 and end + 4 == len(buf) else buf[off:end + 4]
-                self._same = (head, req, req.headers._fields)
+                self._same = (head, req, req.headers.checked_fields())
             else:
                 self._same = None
         self._request = req

@@ -648,3 +648,12 @@ def test_the_remembered_head_is_bounded_and_forgotten_on_take_buffer():
     p.read_body()
     assert p._same is not None and len(p._same[0]) == len(small)  # a copy of the head alone
     assert p.take_buffer() == b"leftover" and p._same is None
+
+
+def test_checked_fields_are_given_back_until_split():
+    text = "\r\nHost: h\r\nX-A: 1"
+    headers = MessageHeaders.from_checked_fields(text)
+    assert headers.checked_fields() == text
+    assert headers.get_one("x-a") == "1"
+    assert headers.checked_fields() is None  # split on the first lookup
+    assert MessageHeaders().checked_fields() is None
