@@ -286,6 +286,11 @@ class Server(SignalEmitter):
         # that is not absolute ("*", CONNECT's host:port) matches nothing, as in libsoup.
         if not path.startswith("/"):
             return None
+        # A path registered as is is its own longest prefix: one lookup (most requests name
+        # a handler's path exactly, "/echo"), not a scan of the prefixes longest first.
+        entry = self._handlers.get(path)
+        if entry is not None:
+            return entry
         for prefix in self._paths:
             if path.startswith(prefix):
                 return self._handlers[prefix]
