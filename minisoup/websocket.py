@@ -656,9 +656,11 @@ class WebsocketConnection(SignalEmitter):
             if exc is not None:
                 self.emit("error", WebsocketError(CloseCode.ABNORMAL, str(exc)))
             self._close_code, self._close_data = CloseCode.ABNORMAL, ""
-        self._set_closing()
+        # 'closing' first if it was not emitted yet. Leaving OPEN cancelled the keepalive
+        # timers, and none is armed once the state is not OPEN: nothing more to cancel.
+        if self._state is _OPEN:
+            self._set_closing()
         self._state = _CLOSED
-        self._cancel_keepalive()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
