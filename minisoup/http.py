@@ -176,11 +176,6 @@ class MessageHeaders:
         """``MessageHeaders(fields=fields)``, for minisoup's parser (hot path)."""
         return cls._of([], None, fields or None)
 
-    def checked_fields(self) -> Optional[str]:
-        """For minisoup's parser: the field lines given to :meth:`from_checked_fields`, as long
-        as nothing has split them into fields yet (no lookup, no change); else ``None``."""
-        return self._fields
-
     def _split_fields(self) -> None:
         # Only before anything else touched _items: they are the head's fields, in order.
         self._items = _FIELD.findall(self._fields)
@@ -563,6 +558,15 @@ def _parse_simple_head(buf: bytes, start: int, end: int,
     """:func:`_parse_head` for the common request (see ``_SIMPLE_HEAD``) whose head is
     ``buf[start:end]``, or ``None`` if it is not one of those: then :func:`_parse_head`
     must decide."""
+    parsed = _parse_simple(buf, start, end, max_body_size)
+    return None if parsed is None else parsed[0]
+
+
+def _parse_simple(buf: bytes, start: int, end: int,
+                  max_body_size: int) -> Optional[Tuple[Request, str, bool]]:
+    """:func:`_parse_simple_head`, with what read_head() needs to reuse the parse: the field
+    lines as they were checked, and whether a field frames a body (Content-Length,
+    Transfer-Encoding, Expect)."""
     match = _SIMPLE_HEAD.fullmatch(buf, start, end)
     if match is None:
         return None
@@ -590,7 +594,7 @@ def _parse_simple_head(buf: bytes, start: int, end: int,
     _check_host(host, version)
     if framing:
         _frame_body(req, max_body_size)
-    return req
+    return req, text, framing
 
 
 def _check_host(host: Optional[str], version: str) -> None:
@@ -758,7 +762,7 @@ class RequestParser:
         self._metadata_size = 0
         # The last head parsed that a repetition may reuse: (its bytes with the blank line,
         # its Request, its field lines as parsed), or None. See read_head().
-        self._same: Optional[Tuple[bytes, Request, Optional[str]]] = None
+        self._same: Optional[Tuple[bytes, Request, str]] = None
 
     def feed(self, data: bytes) -> None:
         """Add bytes read from the peer."""
@@ -838,22 +842,24 @@ class RequestParser:
             req = same[1].again(MessageHeaders.from_checked_fields(same[2]))
         else:
             max_body_size = 0 if self._defer_length_check else self.max_body_size
-            req = _parse_simple_head(buf, off, end, max_body_size)
-            if req is None:
+            parsed = _parse_simple(buf, off, end, max_body_size)
+            if parsed is None:
                 block = buf[off:end]
                 bare = block.replace(CRLF, b"")
                 if b"\n" in bare or b"\r" in bare:
                     raise HTTPError(400, "Bare CR or LF in the request head (CRLF required)")
                 req = _parse_head(block, max_body_size)
                 self._same = None
-            elif (end + 4 - off <= SAME_HEAD_MAX
-                  and not (req.content_length or req.chunked or req.expect_continue)):
-                # A head without a body, parsed the common way: remembered (the bytes are
-                # not copied when they are all the read held, as usual).
-                head = buf if off == 0 and end + 4 == len(buf) else buf[off:end + 4]
-                self._same = (head, req, req.headers.checked_fields())
             else:
-                self._same = None
+                req, fields, framing = parsed
+                if not framing and end + 4 - off <= SAME_HEAD_MAX:
+                    # No field about a body (whose checks depend on more than these
+                    # bytes), parsed the common way: remembered (the bytes are not copied
+                    # when they are all the read held, as usual).
+                    head = buf if off == 0 and end + 4 == len(buf) else buf[off:end + 4]
+                    self._same = (head, req, fields)
+                else:
+                    self._same = None
         self._request = req
         self._body = None
         self._pieces = None

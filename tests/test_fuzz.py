@@ -347,6 +347,49 @@ def test_simple_head_fast_path_agrees_with_the_line_by_line_parser():
         assert head_outcome(simple_head, block)[0] == "request"
 
 
+def test_a_parser_reusing_repeated_heads_gives_what_a_fresh_parser_gives():
+    # read_head() reuses what it found in the last head when the next one is the same bytes
+    # (keep-alive clients repeat theirs). Heads repeated, mutated by one byte (same length),
+    # valid or not, one after another on one parser: each outcome must be the one a fresh
+    # parser gives for that head, and each request's headers its own.
+    rng = random.Random(SEED + 5)
+    blocks = list(SIMPLE_EDGES)
+    for data in http_inputs(rng, count(600)):
+        blocks.append(data.lstrip(b"\r\n").partition(b"\r\n\r\n")[0])
+    stream = []
+    for block in blocks:
+        stream.extend([block] * rng.randint(1, 3))
+        if block:
+            pos = rng.randrange(len(block))
+            stream.append(block[:pos] + bytes([rng.randrange(256)]) + block[pos + 1:])
+            stream.append(block)
+
+    def fresh(block):
+        return head_outcome(lambda b, _: parse_one(RequestParser(), b), block)
+
+    def parse_one(parser, block):
+        parser.feed(block + b"\r\n\r\n")
+        req = parser.read_head()
+        if req is not None and parser.read_body() is None:
+            return None  # a body announced: not what this test is about
+        return req
+
+    parser = RequestParser()
+    reused = 0
+    for block in stream:
+        expected = fresh(block)
+        same = parser._same
+        got = head_outcome(lambda b, _: parse_one(parser, b), block)
+        assert got == expected, block
+        if expected is None or got[0] == "error":
+            parser = RequestParser()  # after an error the stream is over
+            continue
+        reused += same is not None and same[0] == block + b"\r\n\r\n"
+        if parser.has_data:
+            parser = RequestParser()  # a block ending in CRLF leaves an empty line: start clean
+    assert reused > len(blocks) // 8, reused  # the reuse did happen, often
+
+
 def test_duplicate_host_is_refused():
     # RFC 9112 §3.2: more than one Host field line is a 400 (host confusion).
     events = http_outcome([b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"])
