@@ -505,11 +505,11 @@ class Request:
         self.chunked = False
         self.expect_continue = False
 
-    def again(self, headers: MessageHeaders) -> "Request":
+    def again(self, headers: Optional[MessageHeaders]) -> "Request":
         """This request read again (a keep-alive client repeating its head byte for byte,
         see :class:`RequestParser`): everything parsed is shared, and ``headers`` are the new
-        request's own. Only for a request without a body (nothing else of it changes
-        after parsing)."""
+        request's own (``None``: a template, for the parser to keep). Only for a request
+        without a body (nothing else of it changes after parsing)."""
         req = _new_request(Request)
         req.method = self.method
         req.target = self.target
@@ -839,7 +839,13 @@ class RequestParser:
             # Hot path: a keep-alive client repeats its head byte for byte. What parsing
             # found of those bytes (every check passed, the same fields, no body) is true
             # of them again: only the headers are made anew, each message's own.
-            req = same[1].again(MessageHeaders.from_checked_fields(same[2]))
+            template = same[1]
+            if template.headers is not None:
+                # The first repeat: keep a copy without the first request's headers (which
+                # its handler may have grown), not them, for as long as the connection lives.
+                template = template.again(None)
+                self._same = (same[0], template, same[2])
+            req = template.again(MessageHeaders.from_checked_fields(same[2]))
         else:
             max_body_size = 0 if self._defer_length_check else self.max_body_size
             parsed = _parse_simple(buf, off, end, max_body_size)

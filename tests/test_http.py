@@ -650,6 +650,21 @@ def test_the_remembered_head_is_bounded_and_forgotten_on_take_buffer():
     assert p.take_buffer() == b"leftover" and p._same is None
 
 
+def test_the_remembered_head_does_not_keep_the_first_request_s_headers():
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    p = RequestParser()
+    p.feed(head)
+    first = p.read_head()
+    p.read_body()
+    first.headers.append("X-Grown", "x" * 1000)  # a handler may grow them
+    p.feed(head)
+    second = p.read_head()
+    p.read_body()
+    template = p._same[1]
+    assert template is not first and template is not second and template.headers is None
+    assert second.headers.items() == [("Host", "h")]
+
+
 
 def test_a_head_with_an_empty_body_is_not_reused_and_keeps_its_fields():
     # "Content-Length: 0" frames an empty body: such a head is parsed anew each time, and
