@@ -24,7 +24,8 @@ from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Pro
                     Tuple)
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
-                   build_response_head, chunk, http_date, quote_path, reason_phrase)
+                   build_plain_response_head, build_response_head, chunk, http_date,
+                   quote_path, reason_phrase)
 from .message import RequestBody, ServerMessage
 from .signals import last_callback
 
@@ -625,7 +626,7 @@ class HTTPConnection:
                 (("Server", server_header), ("Date", date)) if server_header
                 else (("Date", date),))
             fields.get_one("Date")  # index it now, once
-            cached[:] = [date, server_header, fields]
+            cached[:] = [date, server_header, fields, fields.field_lines()]
         return cached[2]
 
     def _respond(self, status: int) -> None:
@@ -639,6 +640,26 @@ class HTTPConnection:
             msg.cleanup_response()
             msg.set_status(500)
             status = 500
+        req = self.request
+        plain = (msg.take_plain_response() if (self.keep_alive and not msg.observed
+                                               and not self.owner.signal_handlers
+                                               and status not in NO_BODY_STATUSES
+                                               and req is not None
+                                               and req.version == "HTTP/1.1")
+                 else None)
+        if plain is not None:
+            # Hot path: response headers nobody asked for are the server's fields and a
+            # Content-Type; with nothing to add (keep-alive HTTP/1.1, no one watching) the
+            # head is written from their lines as made once per second, no MessageHeaders.
+            fields, content_type, data = plain
+            cached = _server_fields
+            lines = (cached[3] if fields is cached[2]
+                     else b"" if fields is None else fields.field_lines())
+            self._write_response(build_plain_response_head(
+                "HTTP/1.1", status, msg.get_reason_phrase(), lines, content_type, len(data)),
+                data, req.method != "HEAD")
+            self._finish(len(data))
+            return
         headers = msg.get_response_headers()
         body = msg.get_response_body()
         version = self._response_head(msg, headers)
@@ -650,21 +671,21 @@ class HTTPConnection:
         if not no_body:
             headers.set_content_length(len(data))
         head = build_response_head(version, status, msg.get_reason_phrase(), headers)
-        req = self.request
-        if no_body or not data or (req is not None and req.method == "HEAD"):
+        with_body = not no_body and (req is None or req.method != "HEAD")
+        self._write_response(head, data, with_body)
+        if msg.observed:
+            self._emit_wrote(msg, with_body and bool(data))
+        self._finish(len(data))
+
+    def _write_response(self, head: bytes, data: bytes, with_body: bool) -> None:
+        if not with_body or not data:
             self.transport.write(head)
-            if msg.observed:
-                self._emit_wrote(msg, False)
-        else:
+        elif len(data) <= JOIN_BODY_MAX:
             # A small body is joined to the head (one send, no list; the copy is cheaper
             # than sendmsg's scatter list); a large one goes with it, uncopied.
-            if len(data) <= JOIN_BODY_MAX:
-                self.transport.write(head + data)
-            else:
-                self.transport.writelines([head, data])
-            if msg.observed:
-                self._emit_wrote(msg, True)
-        self._finish(len(data))
+            self.transport.write(head + data)
+        else:
+            self.transport.writelines([head, data])
 
     def _emit_wrote(self, msg: ServerMessage, with_body: bool) -> None:
         # A response sent whole: its head and body were handed to the transport at once.
@@ -790,8 +811,9 @@ class HTTPConnection:
         self.transport.resume_reading()
 
 
-# (date, server_header, the fields): HTTPConnection._server_fields, made once per second.
-_server_fields: List[Any] = [None, None, None]
+# (date, server_header, the fields, their lines on the wire): HTTPConnection._server_fields,
+# made once per second.
+_server_fields: List[Any] = [None, None, None, None]
 # The server's own Connection values need no injection check (append()'s costs ~0.5 us).
 _set_trusted = MessageHeaders.replace_unchecked
 

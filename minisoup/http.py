@@ -27,7 +27,8 @@ from .headers import (Expectation, ascii_lower, format_content_range, format_con
 
 __all__ = [
     "Encoding", "HTTPError", "MessageHeaders", "Request", "RequestParser",
-    "build_response_head", "chunk", "reason_phrase", "http_date", "LAST_CHUNK",
+    "build_plain_response_head", "build_response_head", "checked_value", "chunk",
+    "reason_phrase", "http_date", "LAST_CHUNK",
 ]
 
 CRLF = b"\r\n"
@@ -115,6 +116,14 @@ def _check_name(name: str) -> None:
 VALID_VALUES_CACHED = 256
 VALID_VALUE_CACHED_LENGTH = 64
 _valid_values: set = set()
+
+
+def checked_value(value: Any) -> str:
+    """``value`` as :meth:`MessageHeaders.replace` sets it: a ``str`` (converted), checked
+    (``ValueError`` for a CR, LF or NUL: no header injection)."""
+    if type(value) is str and value in _valid_values:
+        return value
+    return _check_value(value)
 
 
 def _check_value(value: Any) -> str:
@@ -256,9 +265,7 @@ class MessageHeaders:
     def replace(self, name: str, value: str) -> None:
         """Set a field to a single value, removing the others of that name."""
         _check_name(name)
-        if type(value) is not str or value not in _valid_values:
-            value = _check_value(value)
-        self.replace_unchecked(name, value)
+        self.replace_unchecked(name, checked_value(value))
 
     def remove(self, name: str) -> None:
         """Remove every field called ``name`` (case-insensitive)."""
@@ -1053,6 +1060,20 @@ def http_date(now: Optional[float] = None) -> str:
 def build_response_head(version: str, status: int, reason: str,
                         headers: MessageHeaders) -> bytes:
     """Serialize a status line and header block (ending with the blank line)."""
+    return b"".join((_status_line(version, status, reason), headers.field_lines(), CRLF))
+
+
+def build_plain_response_head(version: str, status: int, reason: str, field_lines: bytes,
+                              content_type: Optional[str], length: int) -> bytes:
+    """:func:`build_response_head` for headers that are ``field_lines`` (on the wire already:
+    :meth:`MessageHeaders.field_lines`), then ``Content-Type`` (unless None) and
+    ``Content-Length``: what most responses are (hot path, no MessageHeaders made)."""
+    return b"".join((_status_line(version, status, reason), field_lines,
+                     b"" if content_type is None else _field_lines[("Content-Type", content_type)],
+                     b"Content-Length: %d\r\n\r\n" % length))
+
+
+def _status_line(version: str, status: int, reason: str) -> bytes:
     key = (version, status, reason)
     status_line = _status_lines.get(key)
     if status_line is None:
@@ -1060,7 +1081,7 @@ def build_response_head(version: str, status: int, reason: str,
         if len(_status_lines) >= STATUS_LINES_CACHED:
             _status_lines.clear()
         _status_lines[key] = status_line
-    return b"".join((status_line, headers.field_lines(), CRLF))
+    return status_line
 
 
 # Hot path: the wire form of each (name, value) field seen lately (MessageHeaders.field_lines),

@@ -5,7 +5,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import SplitResult, urljoin
 
-from .http import MessageHeaders, _check_text, quote_path, reason_phrase
+from .http import MessageHeaders, _check_text, checked_value, quote_path, reason_phrase
 from .signals import SignalEmitter, last_callback
 
 log = logging.getLogger("minisoup")
@@ -163,7 +163,7 @@ class ServerMessage(SignalEmitter):
                  "_remote", "_local", "_status", "_reason", "_response_headers",
                  "_response_body", "_paused", "_conn", "_started", "_peer_certificate",
                  "_auth_domain", "_auth_user", "_signals", "_leftover", "observed",
-                 "_response_fields", "__weakref__")
+                 "_response_fields", "_content_type", "_sent_length", "__weakref__")
 
     def __init__(self, conn: Any, method: str, uri: Tuple[str, str, str, str, str],
                  version: str, headers: MessageHeaders, remote: Any, local: Any,
@@ -186,8 +186,12 @@ class ServerMessage(SignalEmitter):
         self._status = 0
         self._reason: Optional[str] = None
         self._response_fields = response_fields
-        self._response_headers = (MessageHeaders() if response_fields is None
-                                  else response_fields.copy())
+        # Made when first asked for (get_response_headers). Until then the response headers
+        # are response_fields and _content_type, all that most handlers set: the connection
+        # writes such a response without making them (take_plain_response(), hot path).
+        self._response_headers: Optional[MessageHeaders] = None
+        self._content_type: Optional[str] = None
+        self._sent_length: Optional[int] = None  # the Content-Length sent that way
         self._response_body = ResponseBody()
         self._paused = False
         self._started = time.monotonic()
@@ -368,7 +372,17 @@ class ServerMessage(SignalEmitter):
 
     def get_response_headers(self) -> MessageHeaders:
         """The response headers, to modify before the response is sent."""
-        return self._response_headers
+        headers = self._response_headers
+        if headers is None:
+            fields = self._response_fields
+            headers = MessageHeaders() if fields is None else fields.copy()
+            if self._content_type is not None:
+                headers.append_unchecked("Content-Type", self._content_type)
+            if self._sent_length is not None:
+                # Asked for once sent: as they went out (Content-Length last).
+                headers.append_unchecked("Content-Length", str(self._sent_length))
+            self._response_headers = headers
+        return headers
 
     def get_response_body(self) -> ResponseBody:
         """The response body (append to it; see :class:`ResponseBody` for streaming)."""
@@ -379,13 +393,20 @@ class ServerMessage(SignalEmitter):
 
         With ``content_type`` ``None`` the body is removed, as libsoup does.
         """
+        headers = self._response_headers
         if content_type is None:
-            self._response_headers.remove("Content-Type")
+            if headers is None:
+                self._content_type = None
+            else:
+                headers.remove("Content-Type")
             self._response_body.set(b"")
             return
         if isinstance(body, str):
             body = body.encode("utf-8")
-        self._response_headers.replace("Content-Type", content_type)
+        if headers is None:
+            self._content_type = checked_value(content_type)  # as replace() would
+        else:
+            headers.replace("Content-Type", content_type)
         self._response_body.set(bytes(body or b""))
 
     def set_redirect(self, status_code: int, redirect_uri: str) -> None:
@@ -400,7 +421,7 @@ class ServerMessage(SignalEmitter):
             base = "%s://%s%s" % (uri.scheme or "http", uri.netloc, quote_path(uri.path or "/"))
             redirect_uri = urljoin(base, redirect_uri)
         self.set_status(status_code)
-        self._response_headers.replace("Location", redirect_uri)
+        self.get_response_headers().replace("Location", redirect_uri)
 
     # -- pausing --------------------------------------------------------------------
     def pause(self) -> None:
@@ -436,9 +457,22 @@ class ServerMessage(SignalEmitter):
         self._paused = False
         self._status = 0
         self._reason = None
-        fields = self._response_fields
-        self._response_headers = MessageHeaders() if fields is None else fields.copy()
+        self._response_headers = None
+        self._content_type = None
+        self._sent_length = None
         self._response_body.set(b"")
+
+    def take_plain_response(
+            self) -> Optional[Tuple[Optional[MessageHeaders], Optional[str], bytes]]:
+        """For the connection, about to send the response whole with a Content-Length and
+        nothing else added: while the response headers were never asked for, what they are
+        and the body, ``(the server's fields, the Content-Type or None, the body)``, and the
+        length is noted for headers asked for later; else None (the headers are made)."""
+        if self._response_headers is not None:
+            return None
+        data = self._response_body.flatten()
+        self._sent_length = len(data)
+        return self._response_fields, self._content_type, data
 
     def detach(self) -> None:
         """For the connection: it is done with this message (answered, aborted or handed

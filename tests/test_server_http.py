@@ -293,6 +293,78 @@ def test_a_repeated_request_on_a_keep_alive_connection_is_served_as_the_first():
     assert seen[3][3] == [("Host", "h"), ("Connection", "close")]
 
 
+@pytest.mark.parametrize("server_header", ["minisoup-test", None])
+def test_responses_whose_headers_nobody_asked_for_are_written_as_the_others(server_header):
+    # A handler that only sets a status and a body (most do) gets its response written
+    # without a MessageHeaders being made (the hot path); it must be the same bytes as
+    # when the handler asked for the headers, for each shape of response.
+    kept = []
+    server = minisoup.Server(server_header=server_header)
+
+    def handler(server_, msg, path, query, ud):
+        if query and "touch" in query:
+            msg.get_response_headers()
+        kind = path.strip("/")
+        msg.set_status(200 if kind != "reason" else 299, "Fine" if kind == "reason" else None)
+        if kind in ("text", "reason"):
+            msg.set_response("text/plain; charset=utf-8", "héllo")
+        elif kind == "none":
+            msg.set_response("text/plain", "dropped")
+            msg.set_response(None, None)
+        elif kind == "appended":
+            msg.get_response_body().append(b"piece")
+        kept.append(msg)
+
+    server.add_handler(None, handler)
+    paths = ["/text", "/reason", "/none", "/appended", "/empty"]
+    with running(server) as port:
+        sock = raw_connect(port)
+        requests = b""
+        for path in paths:
+            for query in ("", "?touch=1"):
+                for method in ("GET", "HEAD"):
+                    requests += (b"%s %s%s HTTP/1.1\r\nHost: h\r\n\r\n"
+                                 % (method.encode(), path.encode(), query.encode()))
+        sock.sendall(requests + b"GET /text HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        data = recv_until_closed(sock)
+        sock.close()
+    # Each response in the order of the requests (a HEAD answer has no body), Date blanked.
+    parsed, rest = [], data
+    for path in paths:
+        for query in ("", "?touch=1"):
+            for method in ("GET", "HEAD"):
+                head, _, rest = rest.partition(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                body = b""
+                if method == "GET":
+                    body, rest = rest[:length], rest[length:]
+                lines = [b"Date: -" if line.startswith(b"Date: ") else line
+                         for line in head.split(b"\r\n")]
+                parsed.append((path, query, method, b"\r\n".join(lines), body))
+    by_shape = {}
+    for path, query, method, head, body in parsed:
+        by_shape.setdefault((path, method), []).append((head, body))
+    for (path, method), (plain, made) in by_shape.items():
+        assert plain == made, (path, method)
+    text_head, text_body = by_shape[("/text", "GET")][0]
+    assert text_body == "héllo".encode()
+    expected = [b"HTTP/1.1 200 OK"]
+    if server_header:
+        expected.append(b"Server: minisoup-test")
+    expected += [b"Date: -", b"Content-Type: text/plain; charset=utf-8", b"Content-Length: 6"]
+    assert text_head.split(b"\r\n") == expected
+    assert by_shape[("/reason", "GET")][0][0].startswith(b"HTTP/1.1 299 Fine\r\n")
+    assert b"Content-Type" not in by_shape[("/none", "GET")][0][0]
+    assert by_shape[("/appended", "GET")][0][1] == b"piece"
+    assert by_shape[("/empty", "GET")][0][0].endswith(b"Content-Length: 0")
+    # The plain GET went out without its headers being made (the hot path was taken);
+    # asked for once the response is sent, they are the ones that went out.
+    assert kept[0]._response_headers is None and kept[2]._response_headers is not None
+    first = kept[0].get_response_headers()
+    assert [name for name, _ in first.items()][-2:] == ["Content-Type", "Content-Length"]
+    assert first.get_one("Content-Length") == "6"
+
+
 def test_http10_closes_and_keepalive_when_asked():
     server = minisoup.Server()
     server.add_handler(None, text_handler("x"))
@@ -468,6 +540,22 @@ def test_header_injection_from_handler_is_refused():
     with running(server) as port:
         status, body, resp = get(port, "/")
     assert status == 500 and resp.getheader("Set-Cookie") is None
+
+
+def test_content_type_injection_is_refused_whether_or_not_the_headers_were_made():
+    server = minisoup.Server()
+
+    def handler(server_, msg, path, query, ud):
+        if path == "/made":
+            msg.get_response_headers()
+        msg.set_status(200)
+        msg.set_response("text/plain\r\nSet-Cookie: pwned=1", "x")
+
+    server.add_handler(None, handler)
+    with running(server) as port:
+        for path in ("/", "/made"):
+            status, body, resp = get(port, path)
+            assert status == 500 and resp.getheader("Set-Cookie") is None
 
 
 def test_listen_variants_and_uris():
