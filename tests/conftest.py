@@ -68,3 +68,17 @@ def recv_until_closed(sock, limit=1 << 20, timeout=5.0):
         chunks.append(data)
         total += len(data)
     return b"".join(chunks)
+
+
+class NullProtocol:
+    """A transport protocol that ignores everything (it has a __dict__ and none of the
+    optional methods)."""
+
+    def data_received(self, data):
+        pass
+
+    def eof_received(self):
+        pass
+
+    def connection_lost(self, exc):
+        pass

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import NullProtocol
 from minisoup.loop import EVENT_READ, EVENT_WRITE, Loop, SocketTransport
 
 
@@ -347,17 +348,8 @@ def test_set_protocol_picks_up_the_new_protocols_get_buffer():
     loop.close()
 
 
-class Slotless:
+class Slotless(NullProtocol):
     """A protocol with a __dict__ and no optional method: instances may carry them."""
-
-    def data_received(self, data):
-        pass
-
-    def eof_received(self):
-        pass
-
-    def connection_lost(self, exc):
-        pass
 
 
 class Slotted:

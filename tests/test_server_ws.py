@@ -505,39 +505,36 @@ def test_echo_text_and_binary():
                 assert client.recv() == (WebsocketDataType.BINARY, data)
 
 
-class CountingListener(socket.socket):
-    """A listening socket that counts its accept() calls and those that found none waiting."""
+class _CountsAccepts:
+    """Counts a listening socket's accept calls and those that found none waiting."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.calls = 0
         self.empty = 0
 
-    def accept(self):
+    def _counted(self, accept):
         self.calls += 1
         try:
-            return super().accept()
+            return accept()
         except BlockingIOError:
             self.empty += 1
             raise
 
 
-class CountingRawListener(socket.socket):
+class CountingListener(_CountsAccepts, socket.socket):
+    """A listening socket that counts its accept() calls and those that found none waiting."""
+
+    def accept(self):
+        return self._counted(super().accept)
+
+
+class CountingRawListener(_CountsAccepts, socket.socket):
     """A listening socket that counts the accept system calls (the server's hot path calls
     ``_accept`` itself, socket.accept()'s own first step) and those that found none waiting."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = 0
-        self.empty = 0
-
     def _accept(self):
-        self.calls += 1
-        try:
-            return super()._accept()
-        except BlockingIOError:
-            self.empty += 1
-            raise
+        return self._counted(super()._accept)
 
 
 @pytest.mark.parametrize("listener_class", [CountingListener, CountingRawListener])

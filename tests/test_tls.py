@@ -22,7 +22,7 @@ import minisoup
 from minisoup import ListenOptions, TlsAuthMode, WebsocketDataType, WebsocketState
 from minisoup import interfaces
 from minisoup.tls import TLSTransport, create_server_context
-from conftest import running
+from conftest import NullProtocol, running
 from serverproc import MinisoupProcess
 from test_interfaces import mismatches
 from wsraw import BINARY, TEXT, RawWebSocket, handshake_request, read_response_head
@@ -192,7 +192,7 @@ def test_tls_transport_is_a_transport():
     a, b = socket.socketpair()
     loop = minisoup.loop.Loop()
     try:
-        transport = TLSTransport(loop, a, _NullProtocol(), server.get_tls_certificate())
+        transport = TLSTransport(loop, a, NullProtocol(), server.get_tls_certificate())
         assert isinstance(transport, interfaces.Transport)
         assert mismatches(transport, interfaces.Transport) == []
         transport.abort()
@@ -202,15 +202,6 @@ def test_tls_transport_is_a_transport():
         server.disconnect()
 
 
-class _NullProtocol:
-    def data_received(self, data):
-        pass
-
-    def eof_received(self):
-        pass
-
-    def connection_lost(self, exc):
-        pass
 
 
 class _Recorder:
