@@ -561,17 +561,10 @@ SAME_HEAD_MAX = 2048
 
 
 def _parse_simple_head(buf: bytes, start: int, end: int,
-                       max_body_size: int) -> Optional[Request]:
+                       max_body_size: int) -> Optional[Tuple[Request, str, bool]]:
     """:func:`_parse_head` for the common request (see ``_SIMPLE_HEAD``) whose head is
     ``buf[start:end]``, or ``None`` if it is not one of those: then :func:`_parse_head`
-    must decide."""
-    parsed = _parse_simple(buf, start, end, max_body_size)
-    return None if parsed is None else parsed[0]
-
-
-def _parse_simple(buf: bytes, start: int, end: int,
-                  max_body_size: int) -> Optional[Tuple[Request, str, bool]]:
-    """:func:`_parse_simple_head`, with what read_head() needs to reuse the parse: the field
+    must decide. With the request, what read_head() needs to reuse the parse: the field
     lines as they were checked, and whether a field frames a body (Content-Length,
     Transfer-Encoding, Expect)."""
     match = _SIMPLE_HEAD.fullmatch(buf, start, end)
@@ -855,7 +848,7 @@ class RequestParser:
             req = template.again(MessageHeaders.from_checked_fields(same[2]))
         else:
             max_body_size = 0 if self._defer_length_check else self.max_body_size
-            parsed = _parse_simple(buf, off, end, max_body_size)
+            parsed = _parse_simple_head(buf, off, end, max_body_size)
             if parsed is None:
                 block = buf[off:end]
                 bare = block.replace(CRLF, b"")

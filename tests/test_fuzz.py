@@ -298,7 +298,8 @@ def head_outcome(parse, block):
 def simple_head(block, max_body_size):
     # read_head's fast way, on the block inside a buffer as read_head has it.
     buf = b"\r\n" + block + b"\r\n\r\nGET /next"
-    return _parse_simple_head(buf, 2, 2 + len(block), max_body_size)
+    parsed = _parse_simple_head(buf, 2, 2 + len(block), max_body_size)
+    return None if parsed is None else parsed[0]  # the request (not what read_head reuses)
 
 
 def line_by_line(block, max_body_size):
