@@ -24,8 +24,8 @@ from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Pro
                     Tuple)
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
-                   build_plain_response_head, build_response_head, chunk, http_date,
-                   quote_path, reason_phrase)
+                   build_plain_head, build_plain_response_head, build_response_head, chunk,
+                   http_date, quote_path, reason_phrase)
 from .message import RequestBody, ServerMessage
 from .signals import last_callback
 
@@ -259,15 +259,18 @@ class HTTPConnection:
             self._ack_chunks(self.msg)
 
     # -- the handover (libsoup's soup_server_message_steal_connection) -----------------
-    def take_over(self) -> Tuple[Any, bytes]:
+    def take_over(self, fields: Sequence[Tuple[str, str]] = ()) -> Tuple[Any, bytes]:
         """Write the current message's ``101`` response head and give the stream away.
 
-        Returns ``(transport, leftover)``: the transport, to be given a new protocol
-        (``transport.set_protocol``), and the bytes already read past the request (the
-        first frames of a WebSocket). The head is flushed before this returns. From
-        then on this connection does nothing; the server no longer counts it. If the
-        peer was found gone while the head was written, the transport returned is
-        already closed (``transport.is_closing()``) and the request was aborted.
+        ``fields`` are added to the response headers first, as ``replace_unchecked``
+        would (the handshake's Upgrade, Connection and Sec-WebSocket-* fields, their
+        values checked by the caller). Returns ``(transport, leftover)``: the
+        transport, to be given a new protocol (``transport.set_protocol``), and the
+        bytes already read past the request (the first frames of a WebSocket). The head
+        is flushed before this returns. From then on this connection does nothing; the
+        server no longer counts it. If the peer was found gone while the head was
+        written, the transport returned is already closed (``transport.is_closing()``)
+        and the request was aborted.
         """
         msg = self.msg
         if msg is None or msg.get_status() != SWITCHING_PROTOCOLS:
@@ -275,9 +278,24 @@ class HTTPConnection:
         self._set_state(_UPGRADED)
         # The version only: a 101 gets no Connection field of ours (_response_head's).
         req = self.request
-        head = build_response_head(req.version if req is not None else "HTTP/1.1",
-                                   SWITCHING_PROTOCOLS, msg.get_reason_phrase(),
-                                   msg.get_response_headers())
+        version = req.version if req is not None else "HTTP/1.1"
+        plain = msg.take_plain_head(fields)
+        if plain is not None:
+            # Hot path (every upgrade): response headers nobody asked for are written
+            # from the server's field lines as made once per second, no MessageHeaders
+            # (as _respond's plain responses).
+            server_fields, content_type = plain
+            cached = _server_fields
+            lines = (cached[3] if server_fields is cached[2]
+                     else b"" if server_fields is None else server_fields.field_lines())
+            head = build_plain_head(version, SWITCHING_PROTOCOLS, msg.get_reason_phrase(),
+                                    lines, content_type, fields)
+        else:
+            headers = msg.get_response_headers()
+            for name, value in fields:
+                headers.replace_unchecked(name, value)
+            head = build_response_head(version, SWITCHING_PROTOCOLS, msg.get_reason_phrase(),
+                                       headers)
         transport = self.transport
         transport.write(head)
         transport.flush()

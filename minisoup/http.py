@@ -15,7 +15,7 @@ import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import quote, unquote_to_bytes
 
 from .errors import Error
@@ -1064,6 +1064,18 @@ def build_plain_response_head(version: str, status: int, reason: str, field_line
     return b"".join((_status_line(version, status, reason), field_lines,
                      b"" if content_type is None else _field_lines[("Content-Type", content_type)],
                      b"Content-Length: %d\r\n\r\n" % length))
+
+
+def build_plain_head(version: str, status: int, reason: str, field_lines: bytes,
+                     content_type: Optional[str], fields: Sequence[Tuple[str, str]]) -> bytes:
+    """:func:`build_response_head` for headers that are ``field_lines`` (as
+    :func:`build_plain_response_head`), then ``Content-Type`` (unless None) and ``fields``,
+    with no body: the WebSocket 101 (hot path, no MessageHeaders made). The values of
+    ``fields`` must be checked already."""
+    return b"".join((_status_line(version, status, reason), field_lines,
+                     b"" if content_type is None else _field_lines[("Content-Type", content_type)],
+                     "".join([f"{name}: {value}\r\n" for name, value in fields]).encode("latin-1"),
+                     CRLF))
 
 
 def _status_line(version: str, status: int, reason: str) -> bytes:

@@ -2,7 +2,7 @@
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import SplitResult, urljoin
 
 from .http import MessageHeaders, _check_text, checked_value, quote_path, reason_phrase
@@ -163,7 +163,8 @@ class ServerMessage(SignalEmitter):
                  "_remote", "_local", "_status", "_reason", "_response_headers",
                  "_response_body", "_paused", "_conn", "_started", "_peer_certificate",
                  "_auth_domain", "_auth_user", "_signals", "_leftover", "observed",
-                 "_response_fields", "_content_type", "_sent_length", "__weakref__")
+                 "_response_fields", "_content_type", "_sent_length", "_sent_fields",
+                 "__weakref__")
 
     def __init__(self, conn: Any, method: str, uri: Tuple[str, str, str, str, str],
                  version: str, headers: MessageHeaders, remote: Any, local: Any,
@@ -192,6 +193,7 @@ class ServerMessage(SignalEmitter):
         self._response_headers: Optional[MessageHeaders] = None
         self._content_type: Optional[str] = None
         self._sent_length: Optional[int] = None  # the Content-Length sent that way
+        self._sent_fields: Sequence[Tuple[str, str]] = ()  # the fields of a 101 sent so
         self._response_body = ResponseBody()
         self._paused = False
         self._started = time.monotonic()
@@ -381,6 +383,8 @@ class ServerMessage(SignalEmitter):
             if self._sent_length is not None:
                 # Asked for once sent: as they went out (Content-Length last).
                 headers.append_unchecked("Content-Length", str(self._sent_length))
+            for name, value in self._sent_fields:
+                headers.append_unchecked(name, value)  # a 101's, as they went out
             self._response_headers = headers
         return headers
 
@@ -460,6 +464,7 @@ class ServerMessage(SignalEmitter):
         self._response_headers = None
         self._content_type = None
         self._sent_length = None
+        self._sent_fields = ()
         self._response_body.set(b"")
 
     def take_plain_response(
@@ -473,6 +478,18 @@ class ServerMessage(SignalEmitter):
         data = self._response_body.flatten()
         self._sent_length = len(data)
         return self._response_fields, self._content_type, data
+
+    def take_plain_head(self, fields: Sequence[Tuple[str, str]]
+                        ) -> Optional[Tuple[Optional[MessageHeaders], Optional[str]]]:
+        """For the connection, about to send a head with no body that adds ``fields``
+        to the response headers (the WebSocket 101): while the response headers were
+        never asked for, what they are, ``(the server's fields, the Content-Type or
+        None)``, and ``fields`` are noted for headers asked for later; else None (the
+        headers are made)."""
+        if self._response_headers is not None:
+            return None
+        self._sent_fields = fields
+        return self._response_fields, self._content_type
 
     def detach(self) -> None:
         """For the connection: it is done with this message (answered, aborted or handed

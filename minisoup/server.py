@@ -16,7 +16,7 @@ from .auth import AuthDomain, authenticate
 from .connection import HTTPConnection
 from .forwarded import TrustedProxies
 from .handshake import HandshakeError, server_handshake
-from .http import _check_text, quote_path
+from .http import _check_text, checked_value, quote_path
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
 from .broker import RedisBroker, new_origin
@@ -790,7 +790,6 @@ class Server(SignalEmitter):
                              handler: WebsocketHandler) -> bool:
         """Check the handshake; on success write the 101 and hand over. Returns True if upgraded."""
         headers = msg.get_request_headers()
-        response_headers = msg.get_response_headers()
         try:
             result = server_handshake(msg.get_method(), msg.get_http_version(), headers,
                                       handler.origin, handler.protocols, self._extensions)
@@ -798,22 +797,22 @@ class Server(SignalEmitter):
             log.info("WebSocket handshake refused for %s: %d %s",
                      msg.get_remote_host(), exc.status, exc.message)
             msg.set_status(exc.status)
+            response_headers = msg.get_response_headers()
             for name, value in exc.headers:
                 response_headers.replace(name, value)
             response_headers.replace("Connection", "close")  # the connection closes after it
             msg.set_response("text/plain; charset=utf-8", exc.message + "\n")
             return False
         msg.set_status(101)
-        for name, value in result.headers:
+        fields = result.headers
+        if result.extensions:
             # The handshake's own values need no injection check (~0.6 us each): constants,
             # the base64 accept key, and a protocol taken from the client's parsed offer.
             # The extension answer comes from extension classes, which may be third-party.
-            if name == "Sec-WebSocket-Extensions":
-                response_headers.replace(name, value)
-            else:
-                response_headers.replace_unchecked(name, value)
+            fields = [(name, checked_value(value) if name == "Sec-WebSocket-Extensions"
+                       else value) for name, value in fields]
         # The callback runs once the 101 is written (SPEC 1): take_over() flushes it.
-        transport, leftover = conn.take_over()
+        transport, leftover = conn.take_over(fields)
         self._http.discard(conn)
         if transport.is_closing():
             return True  # the peer left during the 101: the request was aborted

@@ -22,7 +22,7 @@ import pytest
 
 import minisoup
 from minisoup import WebsocketConnectionType, WebsocketDataType, WebsocketState
-from conftest import running
+from conftest import recv_until_closed, running
 import wsraw
 from minisoup.frames import build_frame
 from wsraw import (BINARY, CLOSE, PING, PONG, TEXT, RawWebSocket, handshake_request, http_exchange,
@@ -1359,3 +1359,101 @@ def test_a_message_bigger_than_the_write_buffer_limit_reaches_a_reading_peer():
             kind, data = client.recv(timeout=5)
             assert kind == minisoup.WebsocketDataType.BINARY and data == big
             assert client.recv(timeout=5)[1] == "after"
+
+
+# -- the 101 written without its headers being made (the handshake's hot path) ----------
+def _raw_101(port, request):
+    """The bytes of the response head to ``request`` on a new connection (then closed)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=T)
+    try:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = sock.recv(4096)
+            assert more, "closed before the response head: %r" % data
+            data += more
+        return data.partition(b"\r\n\r\n")[0]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("server_header", ["minisoup-test", None])
+def test_a_101_whose_headers_nobody_asked_for_is_written_as_the_others(server_header):
+    # An upgrade whose response headers no early handler asked for gets its 101 written
+    # without a MessageHeaders being made; it must be the same bytes as when they were
+    # made, with a subprotocol and an extension as without, and headers asked for in
+    # the callback must be what went out.
+    seen = {}
+
+    def touch(server_, msg, path, query, ud):
+        msg.get_response_headers()
+
+    def callback(server_, msg, path, conn, ud):
+        seen[path] = (msg._response_headers is None, list(msg.get_response_headers().items()))
+        conn.close()
+
+    server = minisoup.Server(server_header=server_header)
+    for path in ("/plain", "/made"):
+        server.add_websocket_handler(path, None, ["chat", "other"], callback)
+    server.add_early_handler("/made", touch)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    offers = [[], [("Sec-WebSocket-Protocol", "other, chat")],
+              [("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")]]
+    with running(server) as port:
+        for offer in offers:
+            heads = {}
+            for path in ("/plain", "/made"):
+                head = _raw_101(port, handshake_request(path, offer, key=key))
+                heads[path] = [b"Date: -" if line.startswith(b"Date: ") else line
+                               for line in head.split(b"\r\n")]
+            assert heads["/plain"] == heads["/made"], offer
+            expected = [b"HTTP/1.1 101 Switching Protocols"]
+            if server_header:
+                expected.append(b"Server: minisoup-test")
+            expected += [b"Date: -", b"Upgrade: websocket", b"Connection: Upgrade",
+                         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="]
+            if offer and offer[0][0] == "Sec-WebSocket-Protocol":
+                expected.append(b"Sec-WebSocket-Protocol: chat")  # the server's preference
+            elif offer:
+                expected.append(b"Sec-WebSocket-Extensions: permessage-deflate; "
+                                b"server_max_window_bits=12; client_max_window_bits=12")
+            assert heads["/plain"] == expected, offer
+            # In the callback, the headers are those that went out, in their order.
+            for _ in range(int(T / 0.01)):
+                if "/made" in seen and "/plain" in seen:
+                    break
+                time.sleep(0.01)
+            plain_untouched, plain_items = seen.pop("/plain")
+            made_untouched, made_items = seen.pop("/made")
+            assert plain_untouched and not made_untouched
+            sent = [tuple(line.decode().split(": ", 1)) for line in expected[1:]]
+            for items in (plain_items, made_items):
+                assert [(n, "-" if n == "Date" else v) for n, v in items] == sent, offer
+
+
+class _InjectingExtension(minisoup.WebsocketExtension):
+    # A third-party extension whose answer would smuggle a header into the 101.
+    name = "x-inject"
+
+    @classmethod
+    def server_accept(cls, params):
+        instance = cls()
+        instance._params_string = "a=1\r\nSet-Cookie: pwned=1"
+        return instance, instance._params_string
+
+
+def test_an_extension_answer_with_cr_lf_is_never_written_into_the_101():
+    server = minisoup.Server()
+    server.add_websocket_extension(_InjectingExtension)
+    opened = []
+    server.add_websocket_handler(None, None, None, lambda *args: opened.append(args))
+    with running(server) as port:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=T)
+        sock.sendall(handshake_request("/", [("Sec-WebSocket-Extensions", "x-inject")]))
+        data = recv_until_closed(sock, timeout=T)
+        sock.close()
+        assert b"pwned" not in data and b"101" not in data.split(b"\r\n", 1)[0]
+        assert opened == []
+        again = connect(port)  # the server still serves
+        again.close()
+        again.wait_closed(T)
