@@ -85,6 +85,10 @@ class _BlockingTransport:
         except OSError as exc:
             self._lost(exc)
 
+    def write_last(self, data: Buffer) -> None:
+        """:meth:`write` (a blocking send needs no hint that the close follows)."""
+        self.write(data)
+
     def writelines(self, parts: Sequence[Buffer]) -> None:
         """Send each part now, in order."""
         for part in parts:

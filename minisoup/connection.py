@@ -690,18 +690,24 @@ class HTTPConnection:
             headers.set_content_length(len(data))
         head = build_response_head(version, status, msg.get_reason_phrase(), headers)
         with_body = not no_body and (req is None or req.method != "HEAD")
-        self._write_response(head, data, with_body)
+        # The connection's last response, with no signal whose handlers could run between
+        # it and the close (_finish): the FIN may go in its last segment (write_last).
+        last = not self.keep_alive and not msg.observed and not self.owner.signal_handlers
+        self._write_response(head, data, with_body, last)
         if msg.observed:
             self._emit_wrote(msg, with_body and bool(data))
         self._finish(len(data))
 
-    def _write_response(self, head: bytes, data: bytes, with_body: bool) -> None:
+    def _write_response(self, head: bytes, data: bytes, with_body: bool,
+                        last: bool = False) -> None:
+        # ``last``: the transport is closed right after (transport.write_last).
+        write = self.transport.write_last if last else self.transport.write
         if not with_body or not data:
-            self.transport.write(head)
+            write(head)
         elif len(data) <= JOIN_BODY_MAX:
             # A small body is joined to the head (one send, no list; the copy is cheaper
             # than sendmsg's scatter list); a large one goes with it, uncopied.
-            self.transport.write(head + data)
+            write(head + data)
         else:
             self.transport.writelines([head, data])
 

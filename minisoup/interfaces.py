@@ -98,6 +98,10 @@ class Transport(Protocol):
     def write(self, data: Buffer) -> None:
         """Queue ``data`` for sending."""
 
+    def write_last(self, data: Buffer) -> None:
+        """:meth:`write` for the last bytes before :meth:`close`, which the caller calls
+        right after (a transport may send the end of the stream with them)."""
+
     def writelines(self, parts: Sequence[Buffer]) -> None:
         """Queue several buffers, in order (sent together where the transport can)."""
 

@@ -36,10 +36,11 @@ SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is l
 # (blocking; only a client that stopped reading earlier pipelined responses makes it wait).
 DETACH_FLUSH_TIMEOUT_S = 5.0
 # The last bytes before a close are sent with MSG_MORE (Linux): the kernel holds a short
-# last segment until close() adds the FIN to it. One segment instead of two, and one
-# wake-up of the peer fewer: ~3 us less kernel time per closing WebSocket (the answer to
-# the peer's close frame; tools/bench.py handshakes). close() follows at once, so
-# nothing waits on the flag (elsewhere, 0: no effect).
+# last segment until shutdown() adds the FIN to it (SocketTransport._finish). One segment
+# instead of two, and one wake-up of the peer fewer: ~2 us less kernel time per closing
+# WebSocket (the answer to the peer's close frame; tools/bench.py handshakes) or closing
+# HTTP response. Only for bytes that the close follows at once, so nothing waits on the
+# flag (elsewhere, 0).
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 EVENT_READ = _EVENT_READ = selectors.EVENT_READ     # for register()/modify()
 EVENT_WRITE = _EVENT_WRITE = selectors.EVENT_WRITE
@@ -474,7 +475,7 @@ class SocketTransport:
     __slots__ = ("_loop", "_sock", "_protocol", "_get_buffer", "_write_drained", "_wbuf",
                  "_wsize", "_events", "_read_buffer",
                  "_closing", "_closed", "_shut_wr", "_reading", "_on_events_cb", "_corked",
-                 "cork_reads", "__weakref__")
+                 "cork_reads", "_send_flags", "__weakref__")
 
     def __init__(self, loop: Loop, sock: socket.socket, protocol: StreamProtocol) -> None:
         self._loop = loop
@@ -490,6 +491,9 @@ class SocketTransport:
         self._reading = True
         self._events = _EVENT_READ
         self._corked = False
+        # The flags of each send: _MSG_MORE once what is sent is the last before the close
+        # (close() with bytes queued, write_last()), else 0.
+        self._send_flags = 0
         # Cork the writes made while handling each read (see _on_read). Worth it where one
         # read carries many small messages (WebSocket frames); an HTTP request and its one
         # response would only pay for the bookkeeping, so the server turns it on at the upgrade.
@@ -631,7 +635,7 @@ class SocketTransport:
             self._queue(data)
             return
         try:
-            sent = self._sock.send(data)
+            sent = self._sock.send(data, self._send_flags)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -639,6 +643,13 @@ class SocketTransport:
             return
         if sent < len(data):
             self._queue(memoryview(data)[sent:])
+
+    def write_last(self, data: Buffer) -> None:
+        """:meth:`write` for the last bytes before :meth:`close`, which the caller calls
+        right after (nothing is written in between): they are sent with MSG_MORE, so that
+        the FIN goes in their last segment instead of one of its own."""
+        self._send_flags = _MSG_MORE
+        self.write(data)
 
     def writelines(self, parts: Sequence[Buffer]) -> None:
         """Queue several buffers, sent with one ``sendmsg`` (no joining copy)."""
@@ -650,7 +661,7 @@ class SocketTransport:
                     self._queue(part)
             return
         try:
-            sent = self._sock.sendmsg(parts)
+            sent = self._sock.sendmsg(parts, (), self._send_flags)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -687,9 +698,7 @@ class SocketTransport:
         if not wbuf:
             self._set_events(self._events & ~_EVENT_WRITE)
             return
-        # Closing: what is sent now is the last of it, and close() follows once it is all
-        # out (_drained), so the FIN can ride on its last segment (_MSG_MORE).
-        flags = _MSG_MORE if self._closing else 0
+        flags = self._send_flags
         try:
             if len(wbuf) == 1:
                 # The usual corked answer to one small frame: send() costs ~0.2 us less
@@ -737,6 +746,10 @@ class SocketTransport:
         self.pause_reading()
         if not self._wbuf:
             self._finish(None)
+        else:
+            # What is still queued is the last of it, and the socket closes once it is all
+            # out (_drained): the FIN can ride on its last segment.
+            self._send_flags = _MSG_MORE
 
     def abort(self) -> None:
         """Close now, dropping anything still buffered."""
@@ -775,8 +788,18 @@ class SocketTransport:
         # transport and its socket are freed by reference counting when the protocol lets
         # go, not by the cyclic GC (~3 objects per connection otherwise).
         self._on_events_cb = None
+        sock = self._sock
+        if self._send_flags:
+            # The last bytes went with MSG_MORE: the kernel may still hold them. shutdown()
+            # adds the FIN to them and sends them now. (close() alone would too, but not
+            # if the peer sent bytes that nobody read: then it resets the connection at
+            # once, and what it held is lost — a 400 or 413 answered mid-upload.)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         try:
-            self._sock.close()
+            sock.close()
         except OSError:
             pass
         protocol, self._protocol = self._protocol, None

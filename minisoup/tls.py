@@ -465,6 +465,10 @@ class TLSTransport:
             return
         self._encrypt(data)
 
+    def write_last(self, data: Buffer) -> None:
+        """:meth:`write`: the close_notify alert goes after these bytes anyway."""
+        self.write(data)
+
     def writelines(self, parts: Sequence[Buffer]) -> None:
         """Queue several buffers, in order; small ones become one TLS record."""
         if self._closing or self._lost or self._shut_wr:

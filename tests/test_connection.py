@@ -34,6 +34,7 @@ class FakeTransport:
         self.buffered = 0  # what get_write_buffer_size() says: set by a test
         self.closed = self.aborted = self.flushed = self.detached = False
         self.sock = object()  # stands for the socket (get_socket, detach)
+        self.last_written = None  # what write_last() was given
 
     def get_socket(self):
         return self.sock
@@ -45,6 +46,10 @@ class FakeTransport:
     def write(self, data):
         if not self.closed:
             self.sent += data
+
+    def write_last(self, data):
+        self.last_written = bytes(data)
+        self.write(data)
 
     def writelines(self, parts):
         for part in parts:
@@ -619,6 +624,31 @@ def test_a_response_that_says_connection_close_closes_the_connection():
     conn.data_received(get() + get())
     assert len(responses(transport.take())) == 1  # the pipelined one is not answered
     assert transport.closed and conn.state is ConnState.CLOSED
+
+
+# -- the last response ---------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["close", "keep-alive", "server signal", "message signal"])
+def test_the_last_response_is_written_with_write_last_when_nothing_runs_before_the_close(case):
+    # A response after which the connection closes, with no signal whose handlers would run
+    # between it and the close, is written with write_last() (the transport may send the
+    # FIN with it); any other with write().
+    def handler(server, msg, path, query, user_data):
+        if case == "message signal":
+            msg.connect("finished", lambda *args: None)
+        msg.set_status(200)
+        msg.set_response("text/plain", "bye")
+
+    conn, transport, owner = make(Handler(handler, None, None))
+    if case != "server signal":
+        owner.signal_handlers = {}
+    conn.data_received(get(extra=b"" if case == "keep-alive" else b"Connection: close\r\n"))
+    [(status, headers, body)] = responses(bytes(transport.sent))
+    assert status == 200 and body == b"bye"
+    if case == "close":
+        assert transport.last_written == bytes(transport.sent) and transport.closed
+    else:
+        assert transport.last_written is None
+        assert transport.closed is (case != "keep-alive")
 
 
 # -- the handover ------------------------------------------------------------------------

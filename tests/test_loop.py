@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import sys
 import socket
 import time
 
@@ -622,3 +623,117 @@ def test_the_loops_selector_registers_as_the_default_selector_does():
         theirs.close()
         a.close()
         b.close()
+
+
+# -- the FIN with the last bytes (MSG_MORE) -------------------------------------------------
+linux_tcp_info = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and hasattr(socket, "TCP_INFO")
+         and hasattr(socket, "MSG_MORE")),
+    reason="MSG_MORE, and TCP_INFO to count segments, are Linux's")
+
+
+def _segments_received(sock):
+    # tcpi_segs_in of Linux's struct tcp_info (since 4.2): segments this socket received.
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[140:144], sys.byteorder)
+
+
+class CloseOnRead(Recorder):
+    """Answers its first read and closes (as a WebSocket answers the peer's close frame)."""
+
+    def __init__(self):
+        super().__init__()
+        self.transport = None
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.transport.write(b"bye")
+        self.transport.close()
+
+
+def _segments_until_closed(how):
+    """``(bytes the peer read until EOF, segments it received meanwhile)`` when our end
+    sends 100 bytes with ``write``/``write_last`` and closes, or (``corked``/``uncorked``)
+    answers the peer's bytes and closes, its writes corked during the read or not."""
+    loop = Loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname(), timeout=5)
+    ours, _ = listener.accept()
+    listener.close()
+    ours.setblocking(False)
+    proto = CloseOnRead() if how in ("corked", "uncorked") else Recorder()
+    transport = proto.transport = SocketTransport(loop, ours, proto)
+    try:
+        before = _segments_received(peer)
+        if how in ("corked", "uncorked"):
+            transport.cork_reads = how == "corked"  # corked: as after a WebSocket upgrade
+            peer.sendall(b"close")
+            run_until(loop, lambda: proto.lost)
+        else:
+            getattr(transport, how)(b"x" * 100)
+            transport.close()
+        received = b""
+        while True:
+            data = peer.recv(4096)
+            if not data:
+                break
+            received += data
+        assert proto.lost == [None]
+        return received, _segments_received(peer) - before
+    finally:
+        transport.abort()
+        peer.close()
+        loop.close()
+
+
+@linux_tcp_info
+def test_write_last_sends_the_fin_in_the_segment_of_its_bytes():
+    # write_last() sends with MSG_MORE: the close() that follows puts the FIN in the same
+    # segment (one segment and one wake-up of the peer fewer). write() then close():
+    # the bytes, then the FIN, two segments.
+    assert _segments_until_closed("write") == (b"x" * 100, 2)
+    assert _segments_until_closed("write_last") == (b"x" * 100, 1)
+
+
+@linux_tcp_info
+def test_bytes_still_queued_at_close_go_with_the_fin():
+    # Writes corked during a read are queued when the protocol closes (a WebSocket's answer
+    # to the peer's close frame): they are sent with MSG_MORE, the FIN in their segment.
+    # (Both counts include our ACK of the peer's bytes, if the kernel sent it alone.)
+    corked, corked_segments = _segments_until_closed("corked")
+    uncorked, uncorked_segments = _segments_until_closed("uncorked")
+    assert corked == uncorked == b"bye"
+    assert corked_segments == uncorked_segments - 1
+
+
+@linux_tcp_info
+def test_bytes_held_for_the_fin_still_go_out_when_the_peer_sent_bytes_nobody_read():
+    # Closing a socket with unread input resets the connection, and the kernel drops what
+    # it still held: bytes sent with MSG_MORE would be lost (a 400 or 413 answered while
+    # the client still uploads). The transport sends them, with the FIN, before it closes.
+    loop = Loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname(), timeout=5)
+    ours, _ = listener.accept()
+    listener.close()
+    ours.setblocking(False)
+    transport = SocketTransport(loop, ours, Recorder())
+    try:
+        peer.sendall(b"unread upload " * 100)
+        time.sleep(0.05)  # in our kernel's receive queue, never read
+        transport.write_last(b"HTTP/1.1 413 Payload Too Large\r\n\r\n")
+        transport.close()
+        received = b""
+        try:
+            while True:
+                data = peer.recv(4096)
+                if not data:
+                    break
+                received += data
+        except ConnectionResetError:
+            pass  # the reset comes after the bytes
+        assert received == b"HTTP/1.1 413 Payload Too Large\r\n\r\n"
+    finally:
+        transport.abort()
+        peer.close()
+        loop.close()

@@ -28,6 +28,8 @@ class FakeTransport:
     def write(self, data):
         self.sent += data
 
+    write_last = write
+
     def writelines(self, parts):
         for part in parts:
             self.sent += part
