@@ -651,18 +651,37 @@ class CloseOnRead(Recorder):
         self.transport.close()
 
 
-def _segments_until_closed(how):
-    """``(bytes the peer read until EOF, segments it received meanwhile)`` when our end
-    sends 100 bytes with ``write``/``write_last`` and closes, or (``corked``/``uncorked``)
-    answers the peer's bytes and closes, its writes corked during the read or not."""
-    loop = Loop()
+def _tcp_pair(loop, proto):
+    """A SocketTransport over one end of a TCP connection on 127.0.0.1, and the other end."""
     listener = socket.create_server(("127.0.0.1", 0))
     peer = socket.create_connection(listener.getsockname(), timeout=5)
     ours, _ = listener.accept()
     listener.close()
     ours.setblocking(False)
+    return SocketTransport(loop, ours, proto), peer
+
+
+def _read_to_eof(peer):
+    """What ``peer`` reads until EOF, or until a reset (which comes after the bytes sent)."""
+    received = b""
+    try:
+        while True:
+            data = peer.recv(4096)
+            if not data:
+                return received
+            received += data
+    except ConnectionResetError:
+        return received
+
+
+def _segments_until_closed(how):
+    """``(bytes the peer read until EOF, segments it received meanwhile)`` when our end
+    sends 100 bytes with ``write``/``write_last`` and closes, or (``corked``/``uncorked``)
+    answers the peer's bytes and closes, its writes corked during the read or not."""
+    loop = Loop()
     proto = CloseOnRead() if how in ("corked", "uncorked") else Recorder()
-    transport = proto.transport = SocketTransport(loop, ours, proto)
+    transport, peer = _tcp_pair(loop, proto)
+    proto.transport = transport
     try:
         before = _segments_received(peer)
         if how in ("corked", "uncorked"):
@@ -672,12 +691,7 @@ def _segments_until_closed(how):
         else:
             getattr(transport, how)(b"x" * 100)
             transport.close()
-        received = b""
-        while True:
-            data = peer.recv(4096)
-            if not data:
-                break
-            received += data
+        received = _read_to_eof(peer)
         assert proto.lost == [None]
         return received, _segments_received(peer) - before
     finally:
@@ -712,27 +726,13 @@ def test_bytes_held_for_the_fin_still_go_out_when_the_peer_sent_bytes_nobody_rea
     # it still held: bytes sent with MSG_MORE would be lost (a 400 or 413 answered while
     # the client still uploads). The transport sends them, with the FIN, before it closes.
     loop = Loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    peer = socket.create_connection(listener.getsockname(), timeout=5)
-    ours, _ = listener.accept()
-    listener.close()
-    ours.setblocking(False)
-    transport = SocketTransport(loop, ours, Recorder())
+    transport, peer = _tcp_pair(loop, Recorder())
     try:
         peer.sendall(b"unread upload " * 100)
         time.sleep(0.05)  # in our kernel's receive queue, never read
         transport.write_last(b"HTTP/1.1 413 Payload Too Large\r\n\r\n")
         transport.close()
-        received = b""
-        try:
-            while True:
-                data = peer.recv(4096)
-                if not data:
-                    break
-                received += data
-        except ConnectionResetError:
-            pass  # the reset comes after the bytes
-        assert received == b"HTTP/1.1 413 Payload Too Large\r\n\r\n"
+        assert _read_to_eof(peer) == b"HTTP/1.1 413 Payload Too Large\r\n\r\n"
     finally:
         transport.abort()
         peer.close()
