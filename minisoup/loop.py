@@ -37,7 +37,7 @@ SLOW_CALLBACK_S = 0.5        # a callback holding the loop longer than this is l
 DETACH_FLUSH_TIMEOUT_S = 5.0
 # The last bytes before a close are sent with MSG_MORE (Linux): the kernel holds a short
 # last segment until shutdown() adds the FIN to it (SocketTransport._finish). One segment
-# instead of two, and one wake-up of the peer fewer: ~2 us less kernel time per closing
+# instead of two, and one wake-up of the peer fewer: ~3 us less kernel time per closing
 # WebSocket (the answer to the peer's close frame; tools/bench.py handshakes) or closing
 # HTTP response. Only for bytes that the close follows at once, so nothing waits on the
 # flag (elsewhere, 0).

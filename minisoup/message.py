@@ -193,7 +193,7 @@ class ServerMessage(SignalEmitter):
         self._response_headers: Optional[MessageHeaders] = None
         self._content_type: Optional[str] = None
         self._sent_length: Optional[int] = None  # the Content-Length sent that way
-        self._sent_fields: Sequence[Tuple[str, str]] = ()  # the fields of a 101 sent so
+        self._sent_fields: Sequence[Tuple[str, str]] = ()  # a 101's fields, sent that way
         self._response_body = ResponseBody()
         self._paused = False
         self._started = time.monotonic()
