@@ -70,6 +70,19 @@ def recv_until_closed(sock, limit=1 << 20, timeout=5.0):
     return b"".join(chunks)
 
 
+# Tests of the FIN sent with the last bytes: MSG_MORE, and TCP_INFO to count segments.
+linux_tcp_info = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and hasattr(socket, "TCP_INFO")
+         and hasattr(socket, "MSG_MORE")),
+    reason="MSG_MORE, and TCP_INFO to count segments, are Linux's")
+
+
+def segments_received(sock):
+    """The TCP segments ``sock`` has received (Linux's tcp_info tcpi_segs_in, since 4.2)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[140:144], sys.byteorder)
+
+
 class NullProtocol:
     """A transport protocol that ignores everything (it has a __dict__ and none of the
     optional methods)."""

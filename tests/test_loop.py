@@ -3,13 +3,12 @@
 import logging
 import os
 import signal
-import sys
 import socket
 import time
 
 import pytest
 
-from conftest import NullProtocol
+from conftest import NullProtocol, linux_tcp_info, segments_received
 from minisoup.loop import EVENT_READ, EVENT_WRITE, Loop, SocketTransport
 
 
@@ -626,17 +625,6 @@ def test_the_loops_selector_registers_as_the_default_selector_does():
 
 
 # -- the FIN with the last bytes (MSG_MORE) -------------------------------------------------
-linux_tcp_info = pytest.mark.skipif(
-    not (sys.platform.startswith("linux") and hasattr(socket, "TCP_INFO")
-         and hasattr(socket, "MSG_MORE")),
-    reason="MSG_MORE, and TCP_INFO to count segments, are Linux's")
-
-
-def _segments_received(sock):
-    # tcpi_segs_in of Linux's struct tcp_info (since 4.2): segments this socket received.
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-    return int.from_bytes(info[140:144], sys.byteorder)
-
 
 class CloseOnRead(Recorder):
     """Answers its first read and closes (as a WebSocket answers the peer's close frame)."""
@@ -683,7 +671,7 @@ def _segments_until_closed(how):
     transport, peer = _tcp_pair(loop, proto)
     proto.transport = transport
     try:
-        before = _segments_received(peer)
+        before = segments_received(peer)
         if how in ("corked", "uncorked"):
             transport.cork_reads = how == "corked"  # corked: as after a WebSocket upgrade
             peer.sendall(b"close")
@@ -693,7 +681,7 @@ def _segments_until_closed(how):
             transport.close()
         received = _read_to_eof(peer)
         assert proto.lost == [None]
-        return received, _segments_received(peer) - before
+        return received, segments_received(peer) - before
     finally:
         transport.abort()
         peer.close()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import minisoup
-from conftest import raw_connect, recv_until_closed, running
+from conftest import linux_tcp_info, raw_connect, recv_until_closed, running, segments_received
 
 
 def text_handler(body="ok", status=200):
@@ -363,6 +363,39 @@ def test_responses_whose_headers_nobody_asked_for_are_written_as_the_others(serv
     first = kept[0].get_response_headers()
     assert [name for name, _ in first.items()][-2:] == ["Content-Type", "Content-Length"]
     assert first.get_one("Content-Length") == "6"
+
+
+@linux_tcp_info
+@pytest.mark.parametrize("request_head", [
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+])
+def test_a_closing_response_carries_the_fin_in_its_segment(request_head):
+    # The last response of a connection is sent with MSG_MORE and the FIN goes with it:
+    # one segment fewer than when a signal handler (which could do anything before the
+    # close) runs in between. The counts include the server's ACK of the request if the
+    # kernel sent it alone, the same in both.
+    def segments(server):
+        with running(server) as port:
+            sock = raw_connect(port)
+            before = segments_received(sock)
+            sock.sendall(request_head)
+            data = recv_until_closed(sock)
+            count = segments_received(sock) - before
+            sock.close()
+        return data, count
+
+    plain = minisoup.Server()
+    plain.add_handler(None, text_handler("bye"))
+    watched = minisoup.Server()
+    watched.add_handler(None, text_handler("bye"))
+    watched.connect("request-finished", lambda *args: None)
+    plain_data, plain_segments = segments(plain)
+    watched_data, watched_segments = segments(watched)
+    for data in (plain_data, watched_data):
+        assert data.split(b"\r\n", 1)[0].endswith(b"200 OK") and data.endswith(b"\r\n\r\nbye")
+        assert b"Connection: close" in data
+    assert plain_segments == watched_segments - 1
 
 
 def test_http10_closes_and_keepalive_when_asked():
