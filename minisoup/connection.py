@@ -24,8 +24,8 @@ from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Pro
                     Tuple)
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
-                   build_plain_head, build_plain_response_head, build_response_head, chunk,
-                   http_date, quote_path, reason_phrase)
+                   build_plain_head, build_response_head, chunk, head_end, http_date,
+                   quote_path, reason_phrase)
 from .message import RequestBody, ServerMessage
 from .signals import last_callback
 
@@ -285,11 +285,8 @@ class HTTPConnection:
             # from the server's field lines as made once per second, no MessageHeaders
             # (as _respond's plain responses).
             server_fields, content_type = plain
-            cached = _server_fields
-            lines = (cached[3] if server_fields is cached[2]
-                     else b"" if server_fields is None else server_fields.field_lines())
             head = build_plain_head(version, SWITCHING_PROTOCOLS, msg.get_reason_phrase(),
-                                    lines, content_type, fields)
+                                    _lines_of(server_fields), content_type, head_end(fields))
         else:
             headers = msg.get_response_headers()
             for name, value in fields:
@@ -670,12 +667,9 @@ class HTTPConnection:
             # Content-Type; with nothing to add (keep-alive HTTP/1.1, no one watching) the
             # head is written from their lines as made once per second, no MessageHeaders.
             fields, content_type, data = plain
-            cached = _server_fields
-            lines = (cached[3] if fields is cached[2]
-                     else b"" if fields is None else fields.field_lines())
-            self._write_response(build_plain_response_head(
-                "HTTP/1.1", status, msg.get_reason_phrase(), lines, content_type, len(data)),
-                data, req.method != "HEAD")
+            self._write_response(build_plain_head(
+                "HTTP/1.1", status, msg.get_reason_phrase(), _lines_of(fields), content_type,
+                b"Content-Length: %d\r\n\r\n" % len(data)), data, req.method != "HEAD")
             self._finish(len(data))
             return
         headers = msg.get_response_headers()
@@ -838,6 +832,16 @@ class HTTPConnection:
 # (date, server_header, the fields, their lines on the wire): HTTPConnection._server_fields,
 # made once per second.
 _server_fields: List[Any] = [None, None, None, None]
+
+
+def _lines_of(fields: Optional[MessageHeaders]) -> bytes:
+    """The wire lines of the fields a message's response headers started as (the
+    server's: their lines are made with them, once per second)."""
+    cached = _server_fields
+    return (cached[3] if fields is cached[2]
+            else b"" if fields is None else fields.field_lines())
+
+
 # The server's own Connection values need no injection check (append()'s costs ~0.5 us).
 _set_trusted = MessageHeaders.replace_unchecked
 

@@ -27,7 +27,7 @@ from .headers import (Expectation, ascii_lower, format_content_range, format_con
 
 __all__ = [
     "Encoding", "HTTPError", "MessageHeaders", "Request", "RequestParser",
-    "build_plain_response_head", "build_response_head", "checked_value", "chunk",
+    "build_plain_head", "build_response_head", "checked_value", "chunk", "head_end",
     "reason_phrase", "http_date", "LAST_CHUNK",
 ]
 
@@ -1056,26 +1056,21 @@ def build_response_head(version: str, status: int, reason: str,
     return b"".join((_status_line(version, status, reason), headers.field_lines(), CRLF))
 
 
-def build_plain_response_head(version: str, status: int, reason: str, field_lines: bytes,
-                              content_type: Optional[str], length: int) -> bytes:
-    """:func:`build_response_head` for headers that are ``field_lines`` (on the wire already:
-    :meth:`MessageHeaders.field_lines`), then ``Content-Type`` (unless None) and
-    ``Content-Length``: what most responses are (hot path, no MessageHeaders made)."""
-    return b"".join((_status_line(version, status, reason), field_lines,
-                     b"" if content_type is None else _field_lines[("Content-Type", content_type)],
-                     b"Content-Length: %d\r\n\r\n" % length))
-
-
 def build_plain_head(version: str, status: int, reason: str, field_lines: bytes,
-                     content_type: Optional[str], fields: Sequence[Tuple[str, str]]) -> bytes:
-    """:func:`build_response_head` for headers that are ``field_lines`` (as
-    :func:`build_plain_response_head`), then ``Content-Type`` (unless None) and ``fields``,
-    with no body: the WebSocket 101 (hot path, no MessageHeaders made). The values of
-    ``fields`` must be checked already."""
+                     content_type: Optional[str], end: bytes) -> bytes:
+    """:func:`build_response_head` for headers that are ``field_lines`` (on the wire already:
+    :meth:`MessageHeaders.field_lines`), then ``Content-Type`` (unless None), then ``end``:
+    the last field lines and the blank line (:func:`head_end`). What most responses and
+    the WebSocket 101 are (hot path, no MessageHeaders made)."""
     return b"".join((_status_line(version, status, reason), field_lines,
                      b"" if content_type is None else _field_lines[("Content-Type", content_type)],
-                     "".join([f"{name}: {value}\r\n" for name, value in fields]).encode("latin-1"),
-                     CRLF))
+                     end))
+
+
+def head_end(fields: Sequence[Tuple[str, str]]) -> bytes:
+    """The lines of ``fields`` (values checked already) and the blank line that ends a
+    head: :func:`build_plain_head`'s ``end`` (a whole response's is its Content-Length)."""
+    return "".join([f"{name}: {value}\r\n" for name, value in fields]).encode("latin-1") + CRLF
 
 
 def _status_line(version: str, status: int, reason: str) -> bytes:
