@@ -1070,6 +1070,8 @@ def build_plain_head(version: str, status: int, reason: str, field_lines: bytes,
 def head_end(fields: Sequence[Tuple[str, str]]) -> bytes:
     """The lines of ``fields`` (values checked already) and the blank line that ends a
     head: :func:`build_plain_head`'s ``end`` (a whole response's is its Content-Length)."""
+    # Not through _field_lines: a 101's Sec-WebSocket-Accept line is new every time and
+    # would evict the lines that cache is for (Date, Server) every 256 handshakes.
     return "".join([f"{name}: {value}\r\n" for name, value in fields]).encode("latin-1") + CRLF
 
 
