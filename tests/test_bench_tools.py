@@ -2,15 +2,18 @@
 drives a minisoup server briefly in each of its modes, and tools/anchor_libsoup_c.c (where
 libsoup-3.0-dev is there too) starts, prints its port and echoes."""
 
+import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
 
 import minisoup
+from minisoup.handshake import compute_accept
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
 sys.path.insert(0, TOOLS)
@@ -79,6 +82,53 @@ def test_wsload_counts_a_refused_upgrade_as_an_error(wsload, serve):
     with serve(echo_server()) as port:   # no handler at /nowhere: 404, not 101
         rows = run_wsload(wsload, "hs", "127.0.0.1", port, "/nowhere", 1, 3, 10)
     assert rows[-1]["handshakes"] == 0 and rows[-1]["errors"] == 3
+
+
+def test_the_floor_server_answers_wsload_handshakes_and_http(wsload):
+    """tools/bench_servers.py raw-http, the floor row of the peers table: constant bytes for a
+    GET, and for an upgrade a 101 with the right accept key, then a close frame and EOF."""
+    proc = subprocess.Popen([sys.executable, os.path.join(TOOLS, "bench_servers.py"),
+                             "raw-http"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("PORT ")
+        port = int(line.split()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=RUN_TIMEOUT_S) as sock:
+            sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+            got = b""
+            while got.count(b"hello world\n") < 2:
+                chunk = sock.recv(4096)
+                assert chunk, got
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 12\r\n" in got
+        with socket.create_connection(("127.0.0.1", port), timeout=RUN_TIMEOUT_S) as sock:
+            key = base64.b64encode(os.urandom(16))
+            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
+                         b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, head
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 101 ")
+            accept = compute_accept(key.decode())
+            assert ("Sec-WebSocket-Accept: %s\r\n" % accept).encode() in head
+            sock.sendall(b"\x88\x82\x00\x00\x00\x00\x03\xe8")   # masked close 1000
+            rest = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                rest += chunk
+            assert rest == b"\x88\x02\x03\xe8"
+        rows = run_wsload(wsload, "hs", "127.0.0.1", port, "/echo", 2, 40, 10)
+        assert rows[-1]["handshakes"] == 40 and rows[-1]["errors"] == 0
+    finally:
+        proc.kill()
+        proc.wait(RUN_TIMEOUT_S)
+        proc.stdout.close()
 
 
 @pytest.mark.skipif(not peer_tools.libsoup_flags()[0], reason="no libsoup-3.0 for pkg-config")

@@ -84,6 +84,7 @@ MiB = 1024 * 1024
 # shows whether the server's own memory reuse (frames.py's chunk pool) is enough.
 MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(64 * MiB), "MALLOC_TRIM_THRESHOLD_": str(128 * MiB)}
 OTHER_CPU_NOTE = 0.10    # report other processes' CPU from 10% of a core
+LOAD_LIMIT_NOTE = 0.90   # a load generator this busy (of its core) limits the figure
 BENCH_VENV = os.path.join(ROOT, ".venv-bench")   # the peers' packages (git-ignored)
 PEER_REQUIREMENT = "websockets>=13"              # its asyncio server API
 PIP_TIMEOUT_S = 600.0
@@ -1105,9 +1106,11 @@ PEER_COLUMNS = (("echo", "64 B echo msg/s (50 conns × 8 in flight)"), ("p99", "
                 ("big", "1 MiB echo MB/s"), ("hs", "handshakes/s"),
                 ("idle", "KiB / idle conn"), ("http", "HTTP keep-alive GET req/s (wrk, 32 conns)"))
 WS_FIGURES, HTTP_FIGURES = ("echo", "big", "hs", "idle"), ("http",)
-# Not a peer: minisoup's loop and transport answering each head with constant bytes
-# (bench_servers.py raw-http), what the HTTP figure would be if HTTP cost nothing.
-FLOOR_LABEL = "floor: minisoup's loop alone, a constant answer (no HTTP)"
+# Not a peer: minisoup's loop and transport answering each head with constant bytes and
+# each upgrade with a bare 101 and close (bench_servers.py raw-http), what the HTTP and
+# handshake figures would be if HTTP and WebSocket cost nothing.
+FLOOR_LABEL = "floor: minisoup's loop alone, constant answers (no HTTP, no WebSocket)"
+FLOOR_FIGURES = ("hs", "http")
 TARGET_PEER_HTTP = 2.0        # minisoup / libsoup C, HTTP keep-alive GET
 TARGET_PEER_ECHO = 1.5        # minisoup / libsoup C, 64-byte echo
 TARGET_PEER_P99_MS = 5.0      # minisoup's 64-byte echo p99, at most
@@ -1383,7 +1386,7 @@ def peer_rows() -> tuple:
     else:
         skipped.append("python-websockets: " + about)
     peers.append(Peer("stdlib ThreadingHTTPServer (HTTP only)", "stdlib", only(HTTP_FIGURES)))
-    peers.append(Peer(FLOOR_LABEL, "raw-http", only(HTTP_FIGURES)))
+    peers.append(Peer(FLOOR_LABEL, "raw-http", only(FLOOR_FIGURES)))
     return [p for p in peers if p.figures], tools, skipped
 
 
@@ -1451,21 +1454,32 @@ def print_peer_targets(peers: list, table: dict) -> None:
         line(label, "%.2f %s" % (value, unit), "target <= %g %s: %s"
              % (target, unit, "MET" if value <= target else "MISSED"))
 
+    def split(figure: str, what: str, work: str, target: float) -> None:
+        """Server CPU per operation: minisoup's, the floor row's, libsoup's, the budget."""
+        floor = table.get((FLOOR_LABEL, figure))
+        theirs = table.get((libsoup.label, figure)) if libsoup else None
+        if mine[figure] is None or floor is None or theirs is None:
+            return
+
+        def us(measured: PeerFigure) -> float:
+            return (measured.cpu[0] * 1e6 / measured.value
+                    if measured.cpu and measured.value else 0.0)
+        detail("server CPU per %s: minisoup %.1f us, of which the loop and the kernel alone "
+               "(the floor row) %.1f us and %s %.1f us; libsoup C %.1f us; %.1fx libsoup "
+               "needs <= %.1f us" % (what, us(mine[figure]), us(floor), work,
+                                     us(mine[figure]) - us(floor), us(theirs), target,
+                                     us(theirs) / target))
+        if floor.cpu and floor.cpu[1] >= LOAD_LIMIT_NOTE:
+            detail("the floor row's load generator was %.0f%% busy: the floor's rate is its "
+                   "limit, not the server's" % (floor.cpu[1] * 100))
+
     against("HTTP keep-alive GET", "http", libsoup, TARGET_PEER_HTTP)
-    floor = table.get((FLOOR_LABEL, "http"))
-    theirs = table.get((libsoup.label, "http")) if libsoup else None
-    if mine["http"] is not None and floor is not None and theirs is not None:
-        def us(figure: PeerFigure) -> float:  # server CPU per request
-            return figure.cpu[0] * 1e6 / figure.value if figure.cpu and figure.value else 0.0
-        detail("server CPU per request: minisoup %.1f us, of which the loop and the kernel "
-               "alone (the floor row) %.1f us and HTTP %.1f us; libsoup C %.1f us; %.1fx "
-               "libsoup needs <= %.1f us" % (us(mine["http"]), us(floor),
-                                            us(mine["http"]) - us(floor), us(theirs),
-                                            TARGET_PEER_HTTP, us(theirs) / TARGET_PEER_HTTP))
+    split("http", "request", "HTTP", TARGET_PEER_HTTP)
     against("64 B echo", "echo", libsoup, TARGET_PEER_ECHO)
     at_most("64 B echo p99, minisoup", mine["echo"].p99_ms if mine["echo"] else None, "ms",
             TARGET_PEER_P99_MS)
     against("handshakes/s", "hs", libsoup, TARGET_PEER_HS)
+    split("hs", "handshake cycle", "HTTP and WebSocket", TARGET_PEER_HS)
     at_most("KiB per idle WebSocket conn, minisoup", mine["idle"].value if mine["idle"] else None,
             "KiB", TARGET_PEER_IDLE_KIB)
     against("1 MiB echo, against websockets", "big", ws_peer, TARGET_PEER_BIG)

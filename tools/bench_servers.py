@@ -18,7 +18,9 @@ SIGTERM. KIND:
   raw-http  minisoup's own Loop and SocketTransport answering each request head with the
             bytes minisoup answers ``GET /hello`` with (made once per second, for the
             Date): no parsing, no message, no handler. The floor of the HTTP figure:
-            what the loop and the kernel cost per request without any HTTP.
+            what the loop and the kernel cost per request without any HTTP. A head
+            with a Sec-WebSocket-Key gets a 101 (accept key computed) and the next
+            bytes a close frame and the close: the floor of the handshake figure.
   minisoup-tls   the minisoup server above on an HTTPS listener (wss://), with the test
             certificate of tests/tls/ (server.pem, signed by ca.pem).
   websockets-tls python-websockets (its asyncio server) echoing at every path over TLS
@@ -45,6 +47,8 @@ aiohttp and websockets run with the bench virtualenv's Python, as websockets-tls
 """
 
 import argparse
+import base64
+import hashlib
 import logging
 import os
 import signal
@@ -249,21 +253,41 @@ def serve_raw_echo() -> None:
 class ConstantHTTP:
     """Answers every request head (up to its blank line) with one constant response: the
     loop's and the kernel's share of a keep-alive GET, without HTTP. Pipelined heads in
-    one read each get their answer; a head split over reads is answered when it ends."""
+    one read each get their answer; a head split over reads is answered when it ends.
 
-    __slots__ = ("transport", "pending")
+    A head with a ``Sec-WebSocket-Key`` is answered with a 101 instead, its accept key
+    computed (the one piece of work no handshake can skip), and whatever arrives next is
+    taken for the client's close frame: answered with a close frame 1000, then the
+    connection is closed. The loop's and the kernel's share of wsload's handshake cycle,
+    without HTTP or WebSocket: no parsing, no checks, no framing."""
+
+    __slots__ = ("transport", "pending", "upgraded")
 
     def __init__(self) -> None:
         self.transport = None
         self.pending = b""
+        self.upgraded = False
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            self.transport.write(CLOSE_1000)
+            self.transport.close()
+            return
         if self.pending:
             data = self.pending + data
         heads = data.count(b"\r\n\r\n")
         self.pending = data[data.rfind(b"\r\n\r\n") + 4:] if heads else data
-        if heads:
+        if not heads:
+            return
+        at = data.find(KEY_FIELD)
+        if at < 0:
             self.transport.write(constant_response() * heads)
+            return
+        at += len(KEY_FIELD)
+        key = data[at:data.index(b"\r\n", at)].strip()
+        self.transport.write(SWITCHING + base64.b64encode(
+            hashlib.sha1(key + WEBSOCKET_GUID).digest()) + b"\r\n\r\n")
+        self.upgraded = True
 
     def eof_received(self) -> None:
         self.transport.close()
@@ -271,6 +295,12 @@ class ConstantHTTP:
     def connection_lost(self, exc) -> None:
         self.transport = None
 
+
+KEY_FIELD = b"Sec-WebSocket-Key:"
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   # RFC 6455, 1.3
+SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Accept: ")
+CLOSE_1000 = b"\x88\x02\x03\xe8"   # unmasked close frame, code 1000
 
 _constant = [0, b""]
 
