@@ -1,6 +1,7 @@
 """The bench's C tools keep working: tools/wsload.c (built here, where a C compiler exists)
 drives a minisoup server briefly in each of its modes, and tools/anchor_libsoup_c.c (where
-libsoup-3.0-dev is there too) starts, prints its port and echoes."""
+libsoup-3.0-dev is there too) starts, prints its port and echoes; the peers table's floor row
+(tools/bench_servers.py raw-http) answers HTTP and wsload's handshake cycles."""
 
 import base64
 import json
@@ -14,6 +15,8 @@ import pytest
 
 import minisoup
 from minisoup.handshake import compute_accept
+
+from conftest import recv_until_closed
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
 sys.path.insert(0, TOOLS)
@@ -116,13 +119,7 @@ def test_the_floor_server_answers_wsload_handshakes_and_http(wsload):
             accept = compute_accept(key.decode())
             assert ("Sec-WebSocket-Accept: %s\r\n" % accept).encode() in head
             sock.sendall(b"\x88\x82\x00\x00\x00\x00\x03\xe8")   # masked close 1000
-            rest = b""
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                rest += chunk
-            assert rest == b"\x88\x02\x03\xe8"
+            assert recv_until_closed(sock, timeout=RUN_TIMEOUT_S) == b"\x88\x02\x03\xe8"
         rows = run_wsload(wsload, "hs", "127.0.0.1", port, "/echo", 2, 40, 10)
         assert rows[-1]["handshakes"] == 40 and rows[-1]["errors"] == 0
     finally:
