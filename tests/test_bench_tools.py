@@ -17,6 +17,7 @@ import minisoup
 from minisoup.handshake import compute_accept
 
 from conftest import recv_until_closed
+from wsraw import handshake_request, read_response_head
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools")
 sys.path.insert(0, TOOLS)
@@ -106,18 +107,11 @@ def test_the_floor_server_answers_wsload_handshakes_and_http(wsload):
                 got += chunk
         assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 12\r\n" in got
         with socket.create_connection(("127.0.0.1", port), timeout=RUN_TIMEOUT_S) as sock:
-            key = base64.b64encode(os.urandom(16))
-            sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
-                         b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                assert chunk, head
-                head += chunk
-            assert head.startswith(b"HTTP/1.1 101 ")
-            accept = compute_accept(key.decode())
-            assert ("Sec-WebSocket-Accept: %s\r\n" % accept).encode() in head
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall(handshake_request("/echo", key=key))
+            status, headers, rest = read_response_head(sock, RUN_TIMEOUT_S)
+            assert status == 101 and rest == b""
+            assert headers["sec-websocket-accept"] == compute_accept(key)
             sock.sendall(b"\x88\x82\x00\x00\x00\x00\x03\xe8")   # masked close 1000
             assert recv_until_closed(sock, timeout=RUN_TIMEOUT_S) == b"\x88\x02\x03\xe8"
         rows = run_wsload(wsload, "hs", "127.0.0.1", port, "/echo", 2, 40, 10)

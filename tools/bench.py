@@ -1470,8 +1470,9 @@ def print_peer_targets(peers: list, table: dict) -> None:
                                      us(mine[figure]) - us(floor), us(theirs), target,
                                      us(theirs) / target))
         if floor.cpu and floor.cpu[1] >= LOAD_LIMIT_NOTE:
-            detail("the floor row's load generator was %.0f%% busy: the floor's rate is its "
-                   "limit, not the server's" % (floor.cpu[1] * 100))
+            detail("the floor row's load generator was %.0f%% busy (its server %.0f%%): the "
+                   "floor's rate is a lower bound of the loop's own"
+                   % (floor.cpu[1] * 100, floor.cpu[0] * 100))
 
     against("HTTP keep-alive GET", "http", libsoup, TARGET_PEER_HTTP)
     split("http", "request", "HTTP", TARGET_PEER_HTTP)

@@ -47,8 +47,6 @@ aiohttp and websockets run with the bench virtualenv's Python, as websockets-tls
 """
 
 import argparse
-import base64
-import hashlib
 import logging
 import os
 import signal
@@ -256,17 +254,19 @@ class ConstantHTTP:
     one read each get their answer; a head split over reads is answered when it ends.
 
     A head with a ``Sec-WebSocket-Key`` is answered with a 101 instead, its accept key
-    computed (the one piece of work no handshake can skip), and whatever arrives next is
+    computed by ``compute_accept`` (minisoup's own: the one piece of work no handshake
+    can skip), and whatever arrives next is
     taken for the client's close frame: answered with a close frame 1000, then the
     connection is closed. The loop's and the kernel's share of wsload's handshake cycle,
     without HTTP or WebSocket: no parsing, no checks, no framing."""
 
-    __slots__ = ("transport", "pending", "upgraded")
+    __slots__ = ("transport", "pending", "upgraded", "compute_accept")
 
-    def __init__(self) -> None:
+    def __init__(self, compute_accept) -> None:
         self.transport = None
         self.pending = b""
         self.upgraded = False
+        self.compute_accept = compute_accept
 
     def data_received(self, data: bytes) -> None:
         if self.upgraded:
@@ -284,9 +284,8 @@ class ConstantHTTP:
             self.transport.write(constant_response() * heads)
             return
         at += len(KEY_FIELD)
-        key = data[at:data.index(b"\r\n", at)].strip()
-        self.transport.write(SWITCHING + base64.b64encode(
-            hashlib.sha1(key + WEBSOCKET_GUID).digest()) + b"\r\n\r\n")
+        key = data[at:data.index(b"\r\n", at)].strip().decode("ascii")
+        self.transport.write(SWITCHING + self.compute_accept(key).encode("ascii") + b"\r\n\r\n")
         self.upgraded = True
 
     def eof_received(self) -> None:
@@ -297,7 +296,6 @@ class ConstantHTTP:
 
 
 KEY_FIELD = b"Sec-WebSocket-Key:"
-WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   # RFC 6455, 1.3
 SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
              b"Connection: Upgrade\r\nSec-WebSocket-Accept: ")
 CLOSE_1000 = b"\x88\x02\x03\xe8"   # unmasked close frame, code 1000
@@ -460,7 +458,8 @@ def main() -> None:
     elif args.kind in ("stdlib", "stdlib-nagle"):
         serve_stdlib(nagle=args.kind == "stdlib-nagle")
     elif args.kind == "raw-http":
-        serve_on_loop(ConstantHTTP)
+        from minisoup.handshake import compute_accept
+        serve_on_loop(lambda: ConstantHTTP(compute_accept))
     else:
         serve_raw_echo()
 
