@@ -92,6 +92,7 @@ _MASKED_LENGTH_16 = MASK_BIT | LENGTH_16
 _HEADER_2 = struct.Struct("!BB")
 _HEADER_4 = struct.Struct("!BBH")
 _HEADER_10 = struct.Struct("!BBQ")
+_HOLDING_NOTHING = b""  # FrameParser._buf while no received byte is held
 _UINT16 = struct.Struct("!H")
 _UINT64 = struct.Struct("!Q")
 
@@ -303,6 +304,10 @@ class FrameParser:
     # ``collecting`` caches "a _BigPayload still wants bytes" for the transport's
     # per-read test.
 
+    # While no byte is held, ``_buf`` is the shared empty ``bytes`` (not a bytearray of
+    # its own): an idle connection holds no buffer (56 bytes less each), whether it never
+    # sent a frame or all it sent was read.
+
     __slots__ = ("require_mask", "max_payload_size", "allowed_rsv", "collecting",
                  "_buf", "_pos", "_need", "_big")
 
@@ -310,7 +315,7 @@ class FrameParser:
         self.require_mask = require_mask
         self.max_payload_size = max_payload_size
         self.allowed_rsv = 0
-        self._buf = bytearray()
+        self._buf: Union[bytes, bytearray] = _HOLDING_NOTHING
         self._pos = 0
         self._need = 2  # bytes from _pos before parsing can progress
         self._big: Optional[_BigPayload] = None
@@ -326,10 +331,14 @@ class FrameParser:
             if taken == len(data):
                 return
             data = memoryview(data)[taken:]
+        buf = self._buf
+        if buf.__class__ is bytes:  # holding nothing
+            self._buf = bytearray(data)
+            return
         if self._pos:
-            del self._buf[:self._pos]
+            del buf[:self._pos]
             self._pos = 0
-        self._buf += data
+        buf += data  # in place
 
     def recv_buffer(self) -> Optional[memoryview]:
         """A writable view the next received bytes may go straight into, or None.
@@ -377,6 +386,10 @@ class FrameParser:
         pos = self._pos
         avail = len(buf) - pos
         if avail < self._need:
+            if not avail and pos:
+                # All that was received has been read: let the buffer go.
+                self._buf = _HOLDING_NOTHING
+                self._pos = 0
             return None
 
         b0 = buf[pos]
@@ -458,7 +471,7 @@ class FrameParser:
                                         memoryview(buf)[start:])
                 # Its bytes are in the chunks now: let this buffer go at once rather
                 # than hold a second copy until the payload is complete.
-                self._buf = bytearray()
+                self._buf = _HOLDING_NOTHING
                 self._pos = 0
                 self._need = 2
                 self.collecting = self._big.left > 0

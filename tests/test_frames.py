@@ -529,6 +529,41 @@ def test_many_parsers_each_holding_a_big_frame_header_and_one_byte_pin_little():
     assert grown / count < 256, "%.0f bytes per parser" % (grown / count)
 
 
+def test_a_parser_holds_no_buffer_before_any_byte_or_once_all_was_read():
+    # Idle memory (issue 15): each parser kept a bytearray from its start, and after
+    # traffic one as large as its last read, for as long as its connection lived.
+    import tracemalloc
+    count = 1000
+    frame = build_frame(Opcode.BINARY, b"x" * 100, True, 0, KEY)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        parsers = [FrameParser(require_mask=True) for _ in range(count)]
+        fresh = tracemalloc.get_traced_memory()[0] - before
+        for parser in parsers:
+            parser.feed(frame * 2)
+            assert parser.next_frame()[3] == b"x" * 100
+            assert parser.next_frame()[3] == b"x" * 100
+            assert parser.next_frame() is None
+        after_reading = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # The parser objects themselves (~96 bytes each), no buffer of their own.
+    assert fresh / count < 128, "%.0f bytes per new parser" % (fresh / count)
+    assert after_reading <= fresh + 8 * count, "%.0f bytes per parser after reading" % (
+        (after_reading - fresh) / count)
+    assert all(parser.buffered() == 0 and parser.memory_held() == 0 for parser in parsers)
+    # What comes next is read as before: in pieces, and after a partial frame.
+    parser = parsers[0]
+    parser.feed(frame[:3])
+    assert parser.next_frame() is None and parser.buffered() == 3
+    parser.feed(frame[3:] + frame[:1])
+    assert parser.next_frame()[3] == b"x" * 100
+    assert parser.next_frame() is None and parser.buffered() == 1
+    parser.feed(frame[1:])
+    assert parser.next_frame()[3] == b"x" * 100 and parser.buffered() == 0
+
+
 def test_payload_chunks_go_back_to_a_bounded_pool():
     pool = frames_mod._CHUNK_POOL
     parser = FrameParser(require_mask=True)
