@@ -193,6 +193,9 @@ class Server(SignalEmitter):
         self._loop: Optional[Loop] = None
         self._http: set = set()
         self._websockets: set = set()
+        # The URI of the last WebSocket upgraded, shared by the next ones to the same URL
+        # (see _websocket_handshake).
+        self._last_ws_uri: Optional[tuple] = None
         self._accepting = False
         self._stopping = False
         self._running = False
@@ -817,8 +820,15 @@ class Server(SignalEmitter):
         if transport.is_closing():
             return True  # the peer left during the 101: the request was aborted
         uri = msg.get_uri()
+        # Idle memory: the connections to one URL (most of them) share one URI tuple and
+        # its strings, ~200 bytes less per connection than a tuple, host and path each.
+        ws_uri = _websocket_uri(uri)
+        if ws_uri == self._last_ws_uri:
+            ws_uri = self._last_ws_uri
+        else:
+            self._last_ws_uri = ws_uri
         # Hot path: the arguments by position (~0.25 us less than by keyword).
-        ws = WebsocketConnection(transport, _SERVER, self._loop, _websocket_uri(uri),
+        ws = WebsocketConnection(transport, _SERVER, self._loop, ws_uri,
                                  headers.get_one("Origin"), result.protocol, result.extensions,
                                  self.close_timeout, self.write_buffer_limit,
                                  self._on_websocket_closed, msg.get_remote_address())

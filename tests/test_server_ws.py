@@ -493,6 +493,35 @@ def test_callback_gets_open_connection_with_properties():
     assert (uri.scheme, uri.path, uri.query) == ("ws", "/ws/room", "x=1")
 
 
+def test_connections_to_one_url_share_their_uri_and_each_still_reports_its_own():
+    # Idle memory (issue 15): the URI tuple and its host and path strings (~200 bytes)
+    # were kept once per connection, though most connections to a server ask for the
+    # same URL.
+    conns = []
+    server = minisoup.Server()
+    server.add_websocket_handler("/ws", None, None,
+                                 lambda server, msg, path, conn, user_data: conns.append(conn))
+    paths = ["/ws", "/ws", "/ws?room=2", "/ws", "/ws/other"]
+    with running(server) as port:
+        for path in paths:
+            with connect(port, path):
+                pass
+        deadline = time.monotonic() + T
+        while len(conns) < len(paths) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(conns) == len(paths)
+        held = [on_loop(server, lambda c=conn: c._uri) for conn in conns]
+    # Each connection's URI, before anyone asked for it: equal ones are one object.
+    assert held[0] is held[1]
+    assert held[2] is not held[1] and held[3] is not held[1]  # a different URL came between
+    assert held[3] == held[0]
+    uris = [conn.get_uri() for conn in conns]
+    assert [(u.scheme, u.netloc, u.path, u.query) for u in uris] == [
+        ("ws", "127.0.0.1:%d" % port, path.split("?")[0], path.partition("?")[2])
+        for path in paths]
+    assert uris[0] is not uris[1]  # each connection's own SplitResult, made when asked
+
+
 def test_echo_text_and_binary():
     server, rec = ws_server()
     with running(server) as port:
