@@ -27,8 +27,8 @@
    aiohttp and python-websockets (from .venv-bench/) and the stdlib server, each pinned to
    one CPU with the C load generators on another: tools/wsload.c (64-byte echo, 50 x 8 in
    flight, and its p99; 1 MiB echo; handshakes/s, 8 cycles at a time, and for minisoup and
-   libsoup also 1 and 64; KiB per idle connection) and wrk (HTTP keep-alive GET, 32
-   connections). The C programs are built on first use into
+   libsoup also 1 and 64; KiB per idle connection, from 1,000 to 5,000 held) and wrk (HTTP
+   keep-alive GET, 32 connections). The C programs are built on first use into
    build/bench-tools/ (tools/peer_tools.py); a missing compiler, libsoup-3.0-dev or wrk
    (``make bench-deps`` installs them) skips what needs it, with a line saying why.
 
@@ -1082,7 +1082,8 @@ PEER_HS_CONC = 8                              # handshake cycles at a time
 PEER_HS_SWEEP = (1, 64)
 PEER_HS_MAX = 1000000                         # wsload's bound; the window ends them first
 PEER_WRK_CONNS = 32
-PEER_IDLE_CONNS = 1000
+PEER_IDLE_BASE_CONNS = 1000                   # held open first; then, measured:
+PEER_IDLE_CONNS = 4000
 PEER_IDLE_HOLD_S = 120                        # longer than any measurement; stopped after it
 AIOHTTP_REQUIREMENT = "aiohttp>=3.9"
 AIOHTTP_PROBE = """
@@ -1109,7 +1110,10 @@ ANCHOR_BANNER = "anchor_libsoup_c ("   # its start-up line on stderr: not a log 
 # The table's columns: (key, heading)
 PEER_COLUMNS = (("echo", "64 B echo msg/s (50 conns × 8 in flight)"), ("p99", "64 B p99"),
                 ("big", "1 MiB echo MB/s"), ("hs", "handshakes/s (%d at a time)" % PEER_HS_CONC),
-                ("idle", "KiB / idle conn"), ("http", "HTTP keep-alive GET req/s (wrk, 32 conns)"))
+                ("idle", "KiB / idle conn (%s to %s held)"
+                         % (format(PEER_IDLE_BASE_CONNS, ",d"),
+                            format(PEER_IDLE_BASE_CONNS + PEER_IDLE_CONNS, ",d"))),
+                ("http", "HTTP keep-alive GET req/s (wrk, 32 conns)"))
 WS_FIGURES, HTTP_FIGURES = ("echo", "big", "hs", "idle"), ("http",)
 # Not a peer: minisoup's loop and transport answering each head with constant bytes and
 # each upgrade with a bare 101 and close (bench_servers.py raw-http), what the HTTP and
@@ -1276,8 +1280,17 @@ def peer_http(server: ServerProcess, wrk: str, cpus: str, seconds: int) -> PeerF
 
 
 def peer_idle(server: ServerProcess, wsload: str, cpus: str) -> PeerFigure:
-    """Server RSS growth per idle WebSocket connection (KiB), over PEER_IDLE_CONNS, after a
-    warm-up of IDLE_WARMUP_CONNS opened and closed (one-off allocations)."""
+    """Server RSS growth per idle WebSocket connection (KiB): the marginal cost of a
+    connection at scale. After a warm-up of IDLE_WARMUP_CONNS opened and closed (one-off
+    allocations), PEER_IDLE_BASE_CONNS are opened and held, then PEER_IDLE_CONNS more:
+    the growth over the latter, per connection, is the figure.
+
+    The held base matters for a Python server: memory freed before the measurement
+    (compiling its modules from source when it has no .pyc files, for one) leaves holes
+    in its heap that the first few hundred connections fill without growing the RSS,
+    which made minisoup's first 1,000 connections look 10-15 % cheaper than later ones. And
+    4,000 connections span a resize or two of the containers that grow with them (the
+    set of connections, the selector's map), as a real server's would."""
     def idle(count: int, hold: int) -> subprocess.Popen:
         return _pinned_load([wsload, "idle", "127.0.0.1", str(server.port), "/echo",
                              str(count), str(hold)], cpus)
@@ -1291,16 +1304,24 @@ def peer_idle(server: ServerProcess, wsload: str, cpus: str) -> PeerFigure:
         _readline(proc, START_TIMEOUT_S)   # its closing line: every connection closed
     finally:
         _close_load(proc)
-    time.sleep(IDLE_SETTLE_S)
-    before = server.rss_kib()
-    proc = idle(PEER_IDLE_CONNS, PEER_IDLE_HOLD_S)
+    base = idle(PEER_IDLE_BASE_CONNS, PEER_IDLE_HOLD_S)
     try:
-        row = opened(proc, PEER_IDLE_CONNS)
+        base_row = opened(base, PEER_IDLE_BASE_CONNS)
         time.sleep(IDLE_SETTLE_S)
-        after = server.rss_kib()
+        before = server.rss_kib()
+        proc = idle(PEER_IDLE_CONNS, PEER_IDLE_HOLD_S)
+        try:
+            row = opened(proc, PEER_IDLE_CONNS)
+            time.sleep(IDLE_SETTLE_S)
+            after = server.rss_kib()
+        finally:
+            _close_load(proc)
     finally:
-        _close_load(proc)
-    notes = _wsload_notes(row) + _server_notes(server)
+        _close_load(base)
+    notes = _wsload_notes(base_row) + _wsload_notes(row) + _server_notes(server)
+    if base_row["open"] < PEER_IDLE_BASE_CONNS:
+        notes.append("only %d of the %d held idle connections opened"
+                     % (base_row["open"], PEER_IDLE_BASE_CONNS))
     if row["open"] < PEER_IDLE_CONNS:
         notes.append("only %d of %d idle connections opened" % (row["open"], PEER_IDLE_CONNS))
     return PeerFigure((after - before) / max(1, row["open"]), notes=notes)
@@ -1545,6 +1566,17 @@ SECTIONS = {"http": bench_http, "ws": bench_ws, "deflate": bench_deflate, "prefo
 SECTIONS["peers"] = bench_peers
 
 
+def byte_compile_minisoup() -> None:
+    """Write minisoup's .pyc files (``__pycache__/``, as ``pip install`` and a first import
+    do), so that every server measured imports its modules as a user's would, whatever
+    PYTHONDONTWRITEBYTECODE says. Compiling from source at each start would leave freed
+    memory in the server's heap that its first connections reuse: the idle figure would
+    come out lower than a user's."""
+    import compileall
+    if not compileall.compile_dir(os.path.join(ROOT, "minisoup"), quiet=1):
+        print("minisoup's modules could not be byte-compiled: servers compile them at start")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows, 1 round (about 2 minutes)")
@@ -1566,6 +1598,7 @@ def main() -> None:
     print("CPU is in % of one core over the measured window; OTHER is what processes outside "
           "the benchmark used meanwhile")
     print("(other users of this machine: it slows the figures down and makes them noisy).")
+    byte_compile_minisoup()
     print()
     for name in wanted:
         SECTIONS[name](timing)
