@@ -1120,7 +1120,9 @@ WS_FIGURES, HTTP_FIGURES = ("echo", "big", "hs", "idle"), ("http",)
 # handshake figures would be if HTTP and WebSocket cost nothing.
 FLOOR_LABEL = "floor: minisoup's loop alone, constant answers (no HTTP, no WebSocket)"
 FLOOR_FIGURES = ("hs", "http")
-HS_SWEEP_FIGURES = tuple("hs@%d" % conc for conc in PEER_HS_SWEEP)  # minisoup and libsoup C
+# The handshake figures and their cycles at a time; the sweep's are minisoup's and libsoup's.
+HS_FIGURE_CONC = dict([("hs", PEER_HS_CONC)] + [("hs@%d" % conc, conc) for conc in PEER_HS_SWEEP])
+HS_SWEEP_FIGURES = tuple(figure for figure in HS_FIGURE_CONC if figure != "hs")
 TARGET_PEER_HTTP = 2.0        # minisoup / libsoup C, HTTP keep-alive GET
 TARGET_PEER_ECHO = 1.5        # minisoup / libsoup C, 64-byte echo
 TARGET_PEER_P99_MS = 5.0      # minisoup's 64-byte echo p99, at most
@@ -1344,10 +1346,8 @@ def peer_figure(peer: Peer, figure: str, tools: dict, timing: dict) -> PeerFigur
         if figure == "big":
             return peer_echo(server, tools["wsload"], load_cpus, "/big", PEER_BIG_CONNS, 1, MiB,
                              seconds)
-        if figure == "hs":
-            return peer_hs(server, tools["wsload"], load_cpus, seconds)
-        if figure.startswith("hs@"):
-            return peer_hs(server, tools["wsload"], load_cpus, seconds, int(figure[3:]))
+        if figure in HS_FIGURE_CONC:
+            return peer_hs(server, tools["wsload"], load_cpus, seconds, HS_FIGURE_CONC[figure])
         if figure == "idle":
             return peer_idle(server, tools["wsload"], load_cpus)
         return peer_http(server, tools["wrk"], load_cpus, seconds)
@@ -1515,8 +1515,7 @@ def print_peer_targets(peers: list, table: dict) -> None:
     against("handshakes/s", "hs", libsoup, TARGET_PEER_HS)
     split("hs", "handshake cycle", "HTTP and WebSocket", TARGET_PEER_HS)
     sweep = []
-    for conc, figure in sorted([(PEER_HS_CONC, "hs")] + [(int(f[3:]), f)
-                                                         for f in HS_SWEEP_FIGURES]):
+    for figure, conc in sorted(HS_FIGURE_CONC.items(), key=lambda item: item[1]):
         ours = table.get((peers[0].label, figure))
         theirs = table.get((libsoup.label, figure)) if libsoup else None
         if ours is not None and theirs is not None and theirs.value:
