@@ -24,8 +24,8 @@ from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Pro
                     Tuple)
 
 from .http import (LAST_CHUNK, Encoding, HTTPError, MessageHeaders, RequestParser,
-                   build_plain_head, build_response_head, chunk, head_end, http_date,
-                   quote_path, reason_phrase)
+                   UpgradeHead, build_plain_head, build_response_head, chunk, head_end,
+                   http_date, quote_path, reason_phrase)
 from .message import RequestBody, ServerMessage
 from .signals import last_callback
 
@@ -119,6 +119,9 @@ class ConnectionOwner(Protocol):
     signal_handlers: Mapping[str, Any] = {}
     # The server's auth domains: ``authenticate`` is only called while there are some.
     auth_domains: Sequence[Any] = ()
+    # The WebSocket upgrade head the server's connections' parsers share
+    # (``http.UpgradeHeads``), or None.
+    upgrade_heads: Any = None
 
     def lookup(self, path: str) -> Any:
         """The handler entry for ``path`` (``.path``, ``.early``, ``.normal``,
@@ -177,7 +180,8 @@ class HTTPConnection:
         # the body instead (RequestBody.set_accumulate(False)).
         # (Hot path: every connection; by position, ~0.05 us less than by keyword.)
         self.parser = RequestParser(server.max_header_size, server.max_body_size, True,
-                                    RequestBody)  # defer_length_check, body_type
+                                    RequestBody, owner.upgrade_heads)
+        # (defer_length_check, body_type, shared)
         self.state = _HEAD
         self.msg: Optional[ServerMessage] = None
         self.request = None
@@ -299,6 +303,13 @@ class HTTPConnection:
         msg.detach()
         self.msg = self.entry = self.request = None
         return transport, self.parser.take_buffer()
+
+    def upgrade_head(self) -> Optional[UpgradeHead]:
+        """The head of the current request as the server's shared upgrade head (see
+        ``http.UpgradeHeads``; None if it cannot be one): for the server, once the request
+        is an upgrade it accepts, and before :meth:`take_over`."""
+        req = self.request
+        return self.parser.share_head(req) if req is not None else None
 
     def steal_connection(self, msg: ServerMessage) -> Tuple[Any, bytes]:
         """``ServerMessage.steal_connection``: give the socket to the application.

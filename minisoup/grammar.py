@@ -33,6 +33,12 @@ CTL_EXCEPT_HTAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: line structure, which the parser checks on its own.
 HEAD_CTL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
+#: A ``Sec-WebSocket-Key`` value (RFC 6455 §4.1): the base64 of 16 bytes, as the body of a
+#: regex. What base64.b64decode(key, validate=True) takes as 16 bytes: 22 base64 characters
+#: and "==" (the last one's spare bits are ignored, as b64decode does). Always 24 characters.
+WEBSOCKET_KEY = r"[A-Za-z0-9+/]{22}=="
+WEBSOCKET_KEY_SIZE = 24
+
 #: RFC 9110 §5.6.3 optional whitespace: the characters to strip around list elements.
 OWS = " \t"
 

@@ -20,12 +20,12 @@ from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from .errors import Error
 from .extensions import client_accept, client_offer, negotiate_server
-from .grammar import CTL, is_token, list_contains, split_list
+from .grammar import CTL, WEBSOCKET_KEY, is_token, list_contains, split_list
 
 __all__ = [
     "WEBSOCKET_GUID", "WEBSOCKET_VERSION", "KEY_SIZE",
     "compute_accept", "HandshakeError", "HandshakeResult",
-    "server_handshake", "client_request_headers", "client_check_response",
+    "server_handshake", "response_fields", "client_request_headers", "client_check_response",
 ]
 
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -103,10 +103,10 @@ def _repeated(headers: HeadersLike, name: str) -> bool:
     return value is not None and value != headers.get_one(name)
 
 
-# What base64.b64decode(key, validate=True) accepts as KEY_SIZE (16) bytes: 22 base64
-# characters and "==" (the last one's spare bits are ignored, as b64decode does).
-# Hot path: one precompiled match instead of b64decode (~0.1 us less per upgrade).
-_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+# What base64.b64decode(key, validate=True) accepts as KEY_SIZE (16) bytes (grammar's
+# WEBSOCKET_KEY). Hot path: one precompiled match instead of b64decode (~0.1 us less per
+# upgrade).
+_KEY = re.compile(WEBSOCKET_KEY)
 
 
 def _valid_key(key: Optional[str]) -> bool:
@@ -192,13 +192,7 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
                 raise _bad_request("Unsupported WebSocket subprotocol: none of %s offered"
                                    % ", ".join(protocols))
 
-    response = [
-        ("Upgrade", UPGRADE_TOKEN),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", compute_accept(key)),
-    ]
-    if protocol is not None:
-        response.append(("Sec-WebSocket-Protocol", protocol))
+    response = response_fields(key, protocol)
 
     accepted: list = []
     if extension_types:
@@ -208,6 +202,16 @@ def server_handshake(method: str, http_version: str, headers: HeadersLike,
             if answer:
                 response.append(("Sec-WebSocket-Extensions", answer))
     return HandshakeResult(protocol, accepted, response)
+
+
+def response_fields(key: str, protocol: Optional[str]) -> List[Header]:
+    """The fields of the 101 that accepts the trimmed ``key`` with ``protocol`` (or none),
+    before any extension's answer."""
+    fields = [("Upgrade", UPGRADE_TOKEN), ("Connection", "Upgrade"),
+              ("Sec-WebSocket-Accept", compute_accept(key))]
+    if protocol is not None:
+        fields.append(("Sec-WebSocket-Protocol", protocol))
+    return fields
 
 
 def _check_header_value(what: str, value: str) -> None:

@@ -15,8 +15,8 @@ from ._version import __version__
 from .auth import AuthDomain, authenticate
 from .connection import HTTPConnection
 from .forwarded import TrustedProxies
-from .handshake import HandshakeError, server_handshake
-from .http import _check_text, checked_value, quote_path
+from .handshake import HandshakeError, response_fields, server_handshake
+from .http import UpgradeHeads, _check_text, checked_value, quote_path
 from .loop import Handle, Loop, SocketTransport
 from .message import ServerMessage
 from .broker import RedisBroker, new_origin
@@ -111,13 +111,15 @@ class _ConnectionOwner:
 
     __slots__ = ("server", "lookup", "upgrade", "connection_closed", "access_log", "emit",
                  "call_soon", "authenticate", "client_address", "signal_handlers",
-                 "auth_domains")
+                 "auth_domains", "upgrade_heads")
 
     def __init__(self, server: "Server", lookup: Callable, upgrade: Callable,
                  connection_closed: Callable, access_log: Callable,
                  authenticate: Callable, client_address: Callable,
-                 signal_handlers: Dict[str, list], auth_domains: List[AuthDomain]) -> None:
+                 signal_handlers: Dict[str, list], auth_domains: List[AuthDomain],
+                 upgrade_heads: UpgradeHeads) -> None:
         self.server = server
+        self.upgrade_heads = upgrade_heads
         self.lookup = lookup
         self.authenticate = authenticate
         # The server's own dict and list, which it changes in place (connect(),
@@ -196,6 +198,11 @@ class Server(SignalEmitter):
         # The URI of the last WebSocket upgraded, shared by the next ones to the same URL
         # (see _websocket_handshake).
         self._last_ws_uri: Optional[tuple] = None
+        # The WebSocket upgrade head the connections' parsers share (http.UpgradeHeads),
+        # and what the checks of the last upgrade by a shared head found, for the next
+        # ones: (head, handler, subprotocol, Origin). See _websocket_handshake.
+        self._upgrade_heads = UpgradeHeads()
+        self._upgrade_answer: Optional[tuple] = None
         self._accepting = False
         self._stopping = False
         self._running = False
@@ -218,7 +225,8 @@ class Server(SignalEmitter):
                                        self._authenticate,
                                        self._client_address if self._trusted_proxies
                                        else _peer_address,
-                                       self._signal_handlers, self._auth_domains)
+                                       self._signal_handlers, self._auth_domains,
+                                       self._upgrade_heads)
 
     def _handlers_map(self) -> Dict[str, list]:
         return self._signal_handlers
@@ -273,6 +281,7 @@ class Server(SignalEmitter):
             protocols = tuple(protocols)
         entry = self._entry(path)
         _destroy(entry.websocket)
+        self._upgrade_answer = None  # not to hold the old handler
         entry.websocket = WebsocketHandler(callback, user_data, destroy, origin, protocols)
 
     def remove_handler(self, path: Optional[str]) -> None:
@@ -281,6 +290,7 @@ class Server(SignalEmitter):
         if entry is None:
             return
         self._paths = sorted(self._handlers, key=len, reverse=True)
+        self._upgrade_answer = None  # not to hold the handler
         for handler in (entry.early, entry.normal, entry.websocket):
             _destroy(handler)
 
@@ -793,27 +803,53 @@ class Server(SignalEmitter):
                              handler: WebsocketHandler) -> bool:
         """Check the handshake; on success write the 101 and hand over. Returns True if upgraded."""
         headers = msg.get_request_headers()
-        try:
-            result = server_handshake(msg.get_method(), msg.get_http_version(), headers,
-                                      handler.origin, handler.protocols, self._extensions)
-        except HandshakeError as exc:
-            log.info("WebSocket handshake refused for %s: %d %s",
-                     msg.get_remote_host(), exc.status, exc.message)
-            msg.set_status(exc.status)
-            response_headers = msg.get_response_headers()
-            for name, value in exc.headers:
-                response_headers.replace(name, value)
-            response_headers.replace("Connection", "close")  # the connection closes after it
-            msg.set_response("text/plain; charset=utf-8", exc.message + "\n")
-            return False
+        req = conn.request
+        shared = req.shared_head
+        answer = self._upgrade_answer
+        key = None
+        if (shared is not None and answer is not None and answer[0] is shared
+                and answer[1] is handler and headers is req.headers):
+            key = shared.key_in(headers)
+        if key is not None:
+            # Hot path: an upgrade by the head of one checked in full to the same handler
+            # (http.UpgradeHeads: the same bytes but for the key, one client program's),
+            # whose headers nothing read or changed since they were parsed (key_in). Every
+            # check server_handshake() makes has the same outcome, and no extension was
+            # offered (negotiating one makes each connection its own): only the accept is
+            # new. No field is split, indexed or looked up.
+            protocol, origin, extensions = answer[2], answer[3], ()
+            fields = response_fields(key, protocol)
+        else:
+            # Whether the checks below see the head as parsed (then what they find holds
+            # for its next repetitions), or headers that someone read or changed first.
+            as_parsed = headers is req.headers and headers.parsed_fields() is not None
+            try:
+                protocol, extensions, fields = server_handshake(
+                    msg.get_method(), msg.get_http_version(), headers, handler.origin,
+                    handler.protocols, self._extensions)
+            except HandshakeError as exc:
+                log.info("WebSocket handshake refused for %s: %d %s",
+                         msg.get_remote_host(), exc.status, exc.message)
+                msg.set_status(exc.status)
+                response_headers = msg.get_response_headers()
+                for name, value in exc.headers:
+                    response_headers.replace(name, value)
+                response_headers.replace("Connection", "close")  # closes after it
+                msg.set_response("text/plain; charset=utf-8", exc.message + "\n")
+                return False
+            origin = headers.get_one("Origin")
+            if as_parsed:
+                head = shared or conn.upgrade_head()
+                if head is not None and headers.get_list("Sec-WebSocket-Extensions") is None:
+                    self._upgrade_answer = (head, handler, protocol, origin)
+            if extensions:
+                # The handshake's own values need no injection check (~0.6 us each):
+                # constants, the base64 accept key, and a protocol taken from the client's
+                # parsed offer. The extension answer comes from extension classes, which
+                # may be third-party.
+                fields = [(name, checked_value(value) if name == "Sec-WebSocket-Extensions"
+                           else value) for name, value in fields]
         msg.set_status(101)
-        fields = result.headers
-        if result.extensions:
-            # The handshake's own values need no injection check (~0.6 us each): constants,
-            # the base64 accept key, and a protocol taken from the client's parsed offer.
-            # The extension answer comes from extension classes, which may be third-party.
-            fields = [(name, checked_value(value) if name == "Sec-WebSocket-Extensions"
-                       else value) for name, value in fields]
         # The callback runs once the 101 is written (SPEC 1): take_over() flushes it.
         transport, leftover = conn.take_over(fields)
         self._http.discard(conn)
@@ -829,7 +865,7 @@ class Server(SignalEmitter):
             self._last_ws_uri = ws_uri
         # Hot path: the arguments by position (~0.25 us less than by keyword).
         ws = WebsocketConnection(transport, _SERVER, self._loop, ws_uri,
-                                 headers.get_one("Origin"), result.protocol, result.extensions,
+                                 origin, protocol, extensions,
                                  self.close_timeout, self.write_buffer_limit,
                                  self._on_websocket_closed, msg.get_remote_address())
         ws.attach_pubsub(self._pubsub)

@@ -103,6 +103,7 @@ class FakeOwner:
         # Never empty, so that every request-* emission reaches emit() and is recorded.
         self.signal_handlers = {"request-*": ["recorded by emit()"]}
         self.auth_domains = ()  # authenticate() is never asked
+        self.upgrade_heads = None  # no upgrade head shared between connections
         self.signals = []
         self.logged = []
         self.closed = []

@@ -26,7 +26,8 @@ from minisoup.frames import (RSV1, RSV2, RSV3, FrameParser, ProtocolError, Utf8V
 from minisoup.grammar import is_host, split_list
 from minisoup.handshake import (HandshakeError, HandshakeResult, compute_accept,
                                 server_handshake)
-from minisoup.http import HTTPError, MessageHeaders, RequestParser, _parse_head, _parse_simple_head
+from minisoup.http import (HTTPError, MessageHeaders, RequestParser, UpgradeHeads, _parse_head,
+                           _parse_simple_head)
 
 SEED = int(os.environ.get("MINISOUP_FUZZ_SEED", "20240607"))
 SCALE = float(os.environ.get("MINISOUP_FUZZ_SCALE", "1"))
@@ -389,6 +390,96 @@ def test_a_parser_reusing_repeated_heads_gives_what_a_fresh_parser_gives():
         if parser.has_data:
             parser = RequestParser()  # a block ending in CRLF leaves an empty line: start clean
     assert reused > len(blocks) // 8, reused  # the reuse did happen, often
+
+
+def _random_key(rng):
+    return base64.b64encode(bytes(rng.randrange(256) for _ in range(16)))
+
+
+def upgrade_head(rng, key):
+    """An upgrade request head (blank line included) as some client program sends them."""
+    path = rng.choice([b"/", b"/ws", b"/chat/room?id=%d" % rng.randrange(100),
+                       b"/a%20b?x=%C3%A9", b"/./ws"])
+    fields = [(b"Host", b"127.0.0.1:%d" % rng.randrange(1, 65536)), (b"Upgrade", b"websocket"),
+              (b"Connection", rng.choice([b"Upgrade", b"keep-alive, Upgrade"])),
+              (rng.choice([b"Sec-WebSocket-Key", b"sec-websocket-key", b"SEC-WEBSOCKET-KEY"]), key),
+              (b"Sec-WebSocket-Version", b"13")]
+    for extra in ((b"Origin", b"http://example.com"), (b"User-Agent", b"client/1.0 (x; y)"),
+                  (b"Sec-WebSocket-Protocol", b"chat, superchat"), (b"Cookie", b"a=b; c=d"),
+                  (b"Sec-WebSocket-Extensions", b"permessage-deflate"), (b"X-Empty", b"")):
+        if rng.random() < 0.4:
+            fields.append(extra)
+    rng.shuffle(fields)
+    lines = [b"GET " + path + b" HTTP/1.1"]
+    lines += [name + rng.choice([b":", b": ", b":\t", b":  "]) + value for name, value in fields]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+# What may stand where a head's key was: right or wrong, of the right length or not.
+_KEY_BYTES_HOSTILE = b"AZaz09+/=:; \t\r\n\x00\x7f\x80\xff,"
+
+
+def test_a_parser_sharing_an_upgrade_head_gives_what_a_fresh_parser_gives():
+    # http.UpgradeHeads: a head equal to the shared one but for its key is parsed by it.
+    # Whatever stands in the key's place, and whatever other byte differs, each head must
+    # give what a fresh parser gives for it, and the shared head be used only when the
+    # bytes are the same but for a key of the right form.
+    rng = random.Random(SEED + 6)
+    used = 0
+    for _ in range(count(150)):
+        first_key = _random_key(rng)
+        template = upgrade_head(rng, first_key)
+        shared = UpgradeHeads()
+        installer = RequestParser(shared=shared)
+        installer.feed(template)
+        first = installer.read_head()
+        assert installer.read_body() == b""
+        head = installer.share_head(first)
+        assert head is not None and shared.head is head
+        at = template.index(first_key)
+        candidates = []
+        for _ in range(8):
+            candidates.append((True, template[:at] + _random_key(rng) + template[at + 24:]))
+        for _ in range(8):
+            junk = bytes(rng.choice(_KEY_BYTES_HOSTILE) for _ in range(24))
+            candidates.append((None, template[:at] + junk + template[at + 24:]))
+        for _ in range(8):
+            pos = rng.choice([i for i in range(len(template)) if not at <= i < at + 24])
+            byte = bytes([rng.randrange(256)])
+            if template[pos:pos + 1] != byte:
+                mutated = template[:pos] + byte + template[pos + 1:]
+                candidates.append((False, mutated[:at] + _random_key(rng) + mutated[at + 24:]))
+        candidates.append((False, template[:at] + _random_key(rng)[:-1] + template[at + 24:]))
+        candidates.append((False, template[:at] + _random_key(rng) + b"A" + template[at + 24:]))
+        for expect_hit, data in candidates:
+            expected = head_outcome(lambda b, _: _read(RequestParser(), b), data)
+            seen = []
+
+            def read_shared(block, _):
+                req = _read(RequestParser(shared=shared), block)
+                if req is not None:  # the key as the server would take it, before any read
+                    seen.append((req, req.shared_head and req.shared_head.key_in(req.headers)))
+                return req
+            got = head_outcome(read_shared, data)
+            assert got == expected, data
+            hit = bool(seen) and seen[0][0].shared_head is head
+            if expect_hit is not None:
+                assert hit == expect_hit, data
+            if hit:
+                used += 1
+                req, key = seen[0]
+                assert key == data[at:at + 24].decode("ascii")
+                assert req.headers.get_one("Sec-WebSocket-Key") == key
+                assert head.key_in(req.headers) is None  # read: no longer as parsed
+            else:
+                assert not seen or seen[0][0].shared_head is None
+        assert shared.head is head  # a parser never replaces it; only offer() does
+    assert used >= count(150) * 8
+
+
+def _read(parser, data):
+    parser.feed(data)
+    return parser.read_head()
 
 
 def test_duplicate_host_is_refused():

@@ -2,8 +2,10 @@
 
 import pytest
 
-from minisoup.http import (HTTPError, MessageHeaders, RequestParser, build_response_head, chunk,
-                           quote_path, parse_query, remove_dot_segments, split_target)
+from minisoup import http
+from minisoup.http import (HTTPError, MessageHeaders, RequestParser, UpgradeHeads,
+                           build_response_head, chunk, quote_path, parse_query,
+                           remove_dot_segments, split_target)
 
 
 def parse(data, **kw):
@@ -676,3 +678,93 @@ def test_a_head_with_an_empty_body_is_not_reused_and_keeps_its_fields():
         req = p.read_head()
         assert p.read_body() == b"" and p._same is None
         assert req.headers.items() == [("Host", "h"), ("Content-Length", "0"), ("X-A", "1")]
+
+
+# -- the upgrade head shared by a server's connections (UpgradeHeads) ----------------------
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def upgrade(key=KEY, path=b"/ws", extra=b""):
+    return (b"GET " + path + b" HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n")
+
+
+def offered(shared, head):
+    """What ``shared`` makes of ``head`` once a server accepted it (share_head)."""
+    parser = RequestParser(shared=shared)
+    parser.feed(head)
+    req = parser.read_head()
+    parser.read_body()
+    return parser.share_head(req)
+
+
+@pytest.mark.parametrize("head", [
+    upgrade().replace(b"GET", b"PUT"),
+    upgrade().replace(b"HTTP/1.1", b"HTTP/1.0"),
+    upgrade().replace(b"Sec-WebSocket-Key", b"Sec-WebSocket-Kay"),
+    upgrade(key=b"dGhlIHNhbXBsZSBub25jZQ="),           # 23 characters
+    upgrade(key=b"dGhlIHNhbXBsZSBub25jZQ==x"),         # 25
+    upgrade(key=b"dGhlIHNhbXBsZSBub25jZ===="),         # not the base64 of 16 bytes
+    upgrade(extra=b"Content-Length: 0\r\n"),           # a field about a body
+    upgrade(extra=b"X-Pad: " + b"p" * http.SAME_HEAD_MAX + b"\r\n"),
+    upgrade(extra=b"X-Folded: a\r\n b\r\n"),            # not the simple way: parsed in full
+])
+def test_heads_that_cannot_be_shared(head):
+    shared = UpgradeHeads()
+    try:
+        assert offered(shared, head) is None
+    except HTTPError:
+        pass  # refused: never offered either
+    assert shared.head is None and shared.length == -1
+    # Without UpgradeHeads, nothing is shared.
+    assert offered(None, upgrade()) is None
+
+
+def test_a_shared_head_parses_the_heads_equal_to_it_but_for_the_key():
+    shared = UpgradeHeads()
+    head = offered(shared, upgrade(path=b"/ws?room=1"))
+    assert head is not None and shared.length == len(upgrade()) + len(b"?room=1")
+    parser = RequestParser(shared=shared)
+    other = b"x3JJHMbDL1EzLkh9GBhXDw=="
+    parser.feed(upgrade(key=other, path=b"/ws?room=1") + upgrade(key=other, path=b"/ws?room=2"))
+    req = parser.read_head()
+    assert req.shared_head is head and parser.read_body() == b""
+    assert (req.method, req.path, req.query, req.form, req.host_field) == (
+        "GET", "/ws", "room=1", {"room": "1"}, "h")
+    assert head.key_in(req.headers) == other.decode()
+    assert parser.share_head(req) is head  # already the shared one: nothing new made
+    req2 = parser.read_head()  # one byte else differs: parsed in full
+    assert req2.shared_head is None and req2.query == "room=2"
+    assert shared.head is head
+
+
+def test_the_shared_head_gives_way_after_misses_and_later_while_none_is_used():
+    shared = UpgradeHeads()
+    heads = [upgrade(path=b"/%d" % i) for i in range(16)]
+    first = offered(shared, heads[0])
+    assert first is not None and shared.head is first
+    # An upgrade the head did not parse, checked in full: HEAD_REPLACED_AFTER in a row
+    # replace the head, and since it parsed none, the next one needs twice as many.
+    after = http.HEAD_REPLACED_AFTER
+    for _ in range(after - 1):
+        assert offered(shared, heads[1]) is None and shared.head is first
+    second = offered(shared, heads[1])
+    assert second is not None and shared.head is second
+    for _ in range(2 * after - 1):
+        assert offered(shared, heads[2]) is None
+    third = offered(shared, heads[2])
+    assert shared.head is third
+    # A head that parses an upgrade is replaced after HEAD_REPLACED_AFTER again.
+    parser = RequestParser(shared=shared)
+    parser.feed(heads[2].replace(KEY, b"x3JJHMbDL1EzLkh9GBhXDw=="))
+    assert parser.read_head().shared_head is third
+    for _ in range(after - 1):
+        assert offered(shared, heads[3]) is None
+    assert offered(shared, heads[3]) is not None
+    # The count of misses stops doubling at HEAD_REPLACED_AFTER_MAX.
+    for i in range(4, 16):
+        for _ in range(http.HEAD_REPLACED_AFTER_MAX):
+            if offered(shared, heads[i]) is not None:
+                break
+    assert shared._replaced_after == http.HEAD_REPLACED_AFTER_MAX

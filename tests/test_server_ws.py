@@ -6,6 +6,9 @@ frame client of ``wsraw.py`` (and Node's WebSocket, when present) on the other.
 Every server runs in a thread on port 0 (``conftest.running``) and is always stopped.
 """
 
+import base64
+import gc
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 import zlib
 from urllib.parse import SplitResult
 
@@ -63,6 +67,7 @@ class Recorder:
         self.echo = echo
         self.calls = []          # (path, user_data)
         self.conns = []
+        self.keys = []           # each request's Sec-WebSocket-Key
         self.closed = []         # connections, one entry per "closed" emission
         self.opened = threading.Event()
         self.closed_event = threading.Event()
@@ -71,6 +76,7 @@ class Recorder:
     def __call__(self, server, msg, path, conn, user_data):
         self.calls.append((path, user_data))
         self.conns.append(conn)
+        self.keys.append(msg.get_request_headers().get_one("Sec-WebSocket-Key"))
         self.info = {
             "state": conn.get_state(),
             "protocol": conn.get_protocol(),
@@ -520,6 +526,138 @@ def test_connections_to_one_url_share_their_uri_and_each_still_reports_its_own()
         ("ws", "127.0.0.1:%d" % port, path.split("?")[0], path.partition("?")[2])
         for path in paths]
     assert uris[0] is not uris[1]  # each connection's own SplitResult, made when asked
+
+
+# -- upgrades from one client program: the shared head (http.UpgradeHeads) ----------------
+def _accept_of(key):
+    return base64.b64encode(hashlib.sha1((key + minisoup.handshake.WEBSOCKET_GUID)
+                                         .encode("ascii")).digest()).decode("ascii")
+
+
+def _upgrade(port, path="/", headers=None):
+    """An upgrade whose head differs from the others only by its fresh key: ``(status,
+    response headers, the key sent)``; a 101 is closed with a close frame."""
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=T)
+    try:
+        sock.sendall(handshake_request(path, headers, key=key))
+        status, response, _rest = read_response_head(sock, T)
+        if status == 101:
+            sock.sendall(build_frame(CLOSE, b"\x03\xe8", mask_key=wsraw.MASK_KEY))
+            recv_until_closed(sock, T)
+        return status, response, key
+    finally:
+        sock.close()
+
+
+class _CountedChecks:
+    """server_handshake, counting its calls (the upgrades checked in full)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = minisoup.server.server_handshake
+
+        def counted(*args):
+            self.calls += 1
+            return real(*args)
+        monkeypatch.setattr(minisoup.server, "server_handshake", counted)
+
+
+def test_upgrades_from_one_client_program_are_checked_once_and_each_gets_its_accept(
+        monkeypatch):
+    # Issue 15 (handshakes/s): a head equal to the last one checked in full but for its
+    # key is parsed by it and passes the same checks; only the accept is computed anew.
+    checks = _CountedChecks(monkeypatch)
+    server, rec = ws_server(protocols=["chat", "superchat"])
+    headers = [("Origin", "http://example.com"), ("Sec-WebSocket-Protocol", "superchat, chat")]
+    with running(server) as port:
+        results = [_upgrade(port, "/room?id=7", headers) for _ in range(5)]
+        assert rec.closed_event.wait(T)
+    for status, response, key in results:
+        assert status == 101
+        assert response["sec-websocket-accept"] == _accept_of(key)
+        assert response["sec-websocket-protocol"] == "chat"
+        assert response["upgrade"] == "websocket" and response["connection"] == "Upgrade"
+        assert "sec-websocket-extensions" not in response
+    assert checks.calls == 1
+    assert len(rec.conns) == 5
+    assert {(c.get_origin(), c.get_protocol(), c.get_uri().path, c.get_uri().query)
+            for c in rec.conns} == {("http://example.com", "chat", "/room", "id=7")}
+    # Each handler saw its own request's key (the headers are each request's own).
+    assert [msg_key for msg_key in rec.keys] == [key for _, _, key in results]
+
+
+def test_a_replaced_handler_checks_the_next_identical_upgrade_itself(monkeypatch):
+    checks = _CountedChecks(monkeypatch)
+    server, rec = ws_server()
+    headers = [("Origin", "http://example.com")]
+    with running(server) as port:
+        assert _upgrade(port, "/", headers)[0] == 101
+        assert _upgrade(port, "/", headers)[0] == 101
+        assert checks.calls == 1
+        # The new handler's Origin, then its subprotocols, apply to the same head.
+        on_loop(server, server.add_websocket_handler, "/", "http://other.example", None, rec)
+        assert _upgrade(port, "/", headers)[0] == 403
+        on_loop(server, server.add_websocket_handler, "/", None, ["chat"], rec)
+        status, response, _ = _upgrade(port, "/", headers)
+        assert status == 101 and "sec-websocket-protocol" not in response
+        status, response, _ = _upgrade(port, "/", headers + [("Sec-WebSocket-Protocol", "x")])
+        assert status == 400
+        on_loop(server, server.remove_handler, "/")
+        assert _upgrade(port, "/", headers)[0] == 404
+    assert checks.calls == 4
+
+
+def test_request_headers_changed_before_the_checks_are_checked_as_changed(monkeypatch):
+    # A request-started callback (an early handler, an auth domain) may change the
+    # request's fields before the handshake is checked: the checks must see the change,
+    # not what an identical head was found to be before.
+    checks = _CountedChecks(monkeypatch)
+    server, rec = ws_server(origin="http://good.example")
+    headers = [("Origin", "http://good.example")]
+    with running(server) as port:
+        assert _upgrade(port, "/", headers)[0] == 101
+        assert _upgrade(port, "/", headers)[0] == 101
+        assert checks.calls == 1
+
+        def forge(server, msg):
+            msg.get_request_headers().replace("Origin", "http://evil.example")
+        on_loop(server, server.connect, "request-started", forge)
+        assert _upgrade(port, "/", headers)[0] == 403
+        assert checks.calls == 2
+
+
+def test_identical_upgrades_offering_an_extension_each_negotiate_their_own(monkeypatch):
+    checks = _CountedChecks(monkeypatch)
+    server, rec = ws_server()
+    headers = [("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")]
+    with running(server) as port:
+        results = [_upgrade(port, "/", headers) for _ in range(3)]
+        assert rec.closed_event.wait(T)
+    for status, response, key in results:
+        assert status == 101
+        assert response["sec-websocket-extensions"].startswith("permessage-deflate")
+        assert response["sec-websocket-accept"] == _accept_of(key)
+    assert checks.calls == 3  # negotiated each time
+    extensions = [conn.get_extensions() for conn in rec.conns]
+    assert all(len(found) == 1 for found in extensions)
+    assert len({id(found[0]) for found in extensions}) == 3
+
+
+def test_a_removed_handler_is_not_kept_by_what_its_upgrades_were_found_to_be():
+    class Data:
+        pass
+    data = Data()
+    kept = weakref.ref(data)
+    server = minisoup.Server()
+    server.add_websocket_handler("/", None, None, lambda *args: None, data)
+    with running(server) as port:
+        assert _upgrade(port)[0] == 101
+        assert _upgrade(port)[0] == 101
+        on_loop(server, server.remove_handler, "/")
+    del data
+    gc.collect()
+    assert kept() is None
 
 
 def test_echo_text_and_binary():
