@@ -74,6 +74,36 @@ def test_wsload_handshakes_against_minisoup(wsload, serve):
     assert rows[2]["handshakes"] == 40 and rows[2]["errors"] == 0
 
 
+@pytest.mark.parametrize("heads", ["same", "distinct"])
+def test_wsload_handshakes_draw_a_key_each_and_vary_the_head_when_asked(wsload, serve, heads):
+    # A fresh key per connection, as RFC 6455 asks of clients (the accept is checked, so a
+    # wrong SHA-1 would count errors); HEADS=distinct adds a field of each cycle's own.
+    seen = []
+
+    def record(server, msg, path, conn, user_data):
+        headers = msg.get_request_headers()
+        seen.append((headers.get_one("Sec-WebSocket-Key"), headers.get_one("X-Wsload-Cycle")))
+
+    server = minisoup.Server()
+    server.add_websocket_handler("/echo", None, None, record)
+    with serve(server) as port:
+        rows = run_wsload(wsload, "hs", "127.0.0.1", port, "/echo", 2, 30, 10, heads)
+    assert rows[2]["handshakes"] == 30 and rows[2]["errors"] == 0
+    keys = [key for key, _ in seen]
+    assert len(set(keys)) == 30 and all(len(base64.b64decode(key)) == 16 for key in keys)
+    cycles = [cycle for _, cycle in seen]
+    if heads == "same":
+        assert cycles == [None] * 30
+    else:
+        assert sorted(int(cycle) for cycle in cycles) == list(range(30))
+
+
+def test_wsload_refuses_an_unknown_heads_argument(wsload):
+    out = subprocess.run([wsload, "hs", "127.0.0.1", "1", "/", "1", "1", "1", "alike"],
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert out.returncode == 2 and "HEADS" in out.stderr
+
+
 def test_wsload_idle_against_minisoup(wsload, serve):
     with serve(echo_server()) as port:
         rows = run_wsload(wsload, "idle", "127.0.0.1", port, "/echo", 20, 0)
