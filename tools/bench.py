@@ -1080,6 +1080,12 @@ PEER_HS_CONC = 8                              # handshake cycles at a time
 # only: the ratio between them depends on it (how many events each loop wakeup finds).
 # Shown under the target, which is judged at PEER_HS_CONC (the table's column).
 PEER_HS_SWEEP = (1, 64)
+# wsload draws a fresh key for each upgrade, as clients do. The table's column (HEADS=same):
+# upgrade heads that are all the same but for that key, as one client program sends them
+# (minisoup's shared upgrade head, http.UpgradeHeads, parses them and skips its checks).
+# Also measured, minisoup and libsoup C, PEER_HS_CONC at a time: every head different
+# (HEADS=distinct, a field of each cycle's own), as browsers whose cookies differ send them.
+PEER_HS_DISTINCT = "hs-distinct"
 PEER_HS_MAX = 1000000                         # wsload's bound; the window ends them first
 PEER_WRK_CONNS = 32
 PEER_IDLE_BASE_CONNS = 1000                   # held open first; then, measured:
@@ -1120,9 +1126,12 @@ WS_FIGURES, HTTP_FIGURES = ("echo", "big", "hs", "idle"), ("http",)
 # handshake figures would be if HTTP and WebSocket cost nothing.
 FLOOR_LABEL = "floor: minisoup's loop alone, constant answers (no HTTP, no WebSocket)"
 FLOOR_FIGURES = ("hs", "http")
-# The handshake figures and their cycles at a time; the sweep's are minisoup's and libsoup's.
-HS_FIGURE_CONC = dict([("hs", PEER_HS_CONC)] + [("hs@%d" % conc, conc) for conc in PEER_HS_SWEEP])
-HS_SWEEP_FIGURES = tuple(figure for figure in HS_FIGURE_CONC if figure != "hs")
+# The handshake figures: their cycles at a time and wsload's HEADS. The sweep's and the
+# distinct heads' are minisoup's and libsoup's only.
+HS_FIGURES = dict([("hs", (PEER_HS_CONC, "same"))]
+                  + [("hs@%d" % conc, (conc, "same")) for conc in PEER_HS_SWEEP]
+                  + [(PEER_HS_DISTINCT, (PEER_HS_CONC, "distinct"))])
+HS_SWEEP_FIGURES = tuple(figure for figure in HS_FIGURES if figure != "hs")
 TARGET_PEER_HTTP = 2.0        # minisoup / libsoup C, HTTP keep-alive GET
 TARGET_PEER_ECHO = 1.5        # minisoup / libsoup C, 64-byte echo
 TARGET_PEER_P99_MS = 5.0      # minisoup's 64-byte echo p99, at most
@@ -1238,12 +1247,12 @@ def peer_echo(server: ServerProcess, wsload: str, cpus: str, path: str, conns: i
 
 
 def peer_hs(server: ServerProcess, wsload: str, cpus: str, seconds: int,
-            conc: int = PEER_HS_CONC) -> PeerFigure:
+            conc: int = PEER_HS_CONC, heads: str = "same") -> PeerFigure:
     """Handshake cycles per second, ``conc`` at a time: connect, upgrade, closing
-    handshake, close."""
+    handshake, close. ``heads``: wsload's HEADS (same or distinct)."""
     row, cpu = wsload_window(server, wsload, ["hs", "127.0.0.1", str(server.port), "/echo",
                                                      str(conc), str(PEER_HS_MAX),
-                                                     str(seconds)], cpus, seconds)
+                                                     str(seconds), heads], cpus, seconds)
     return PeerFigure(row["handshakes_per_sec"], cpu,
                       notes=_wsload_notes(row) + _server_notes(server))
 
@@ -1346,8 +1355,8 @@ def peer_figure(peer: Peer, figure: str, tools: dict, timing: dict) -> PeerFigur
         if figure == "big":
             return peer_echo(server, tools["wsload"], load_cpus, "/big", PEER_BIG_CONNS, 1, MiB,
                              seconds)
-        if figure in HS_FIGURE_CONC:
-            return peer_hs(server, tools["wsload"], load_cpus, seconds, HS_FIGURE_CONC[figure])
+        if figure in HS_FIGURES:
+            return peer_hs(server, tools["wsload"], load_cpus, seconds, *HS_FIGURES[figure])
         if figure == "idle":
             return peer_idle(server, tools["wsload"], load_cpus)
         return peer_http(server, tools["wrk"], load_cpus, seconds)
@@ -1514,18 +1523,28 @@ def print_peer_targets(peers: list, table: dict) -> None:
             TARGET_PEER_P99_MS)
     against("handshakes/s", "hs", libsoup, TARGET_PEER_HS)
     split("hs", "handshake cycle", "HTTP and WebSocket", TARGET_PEER_HS)
-    sweep = []
-    for figure, conc in sorted(HS_FIGURE_CONC.items(), key=lambda item: item[1]):
+    def hs_ratio(figure: str) -> Optional[str]:
         ours = table.get((peers[0].label, figure))
         theirs = table.get((libsoup.label, figure)) if libsoup else None
-        if ours is not None and theirs is not None and theirs.value:
-            sweep.append("%d: %s / %s = %.2fx" % (
-                conc, _peer_cell(ours, figure), _peer_cell(theirs, figure),
-                ours.value / theirs.value))
+        if ours is None or theirs is None or not theirs.value:
+            return None
+        return "%s / %s = %.2fx" % (_peer_cell(ours, figure), _peer_cell(theirs, figure),
+                                    ours.value / theirs.value)
+
+    sweep = []
+    for figure, (conc, heads) in sorted(HS_FIGURES.items(), key=lambda item: item[1][0]):
+        ratio = hs_ratio(figure) if heads == "same" else None
+        if ratio is not None:
+            sweep.append("%d: %s" % (conc, ratio))
     if len(sweep) > 1:
         detail("handshakes/s by cycles at a time, minisoup / libsoup C (the target is judged "
                "at %d, the table's column):" % PEER_HS_CONC)
         detail("  " + "; ".join(sweep))
+    distinct = hs_ratio(PEER_HS_DISTINCT)
+    if distinct is not None:
+        detail("the table's upgrade heads are the same but for their key (one client program); "
+               "with every head")
+        detail("  different (wsload HEADS=distinct, %d at a time): %s" % (PEER_HS_CONC, distinct))
     at_most("KiB per idle WebSocket conn, minisoup", mine["idle"].value if mine["idle"] else None,
             "KiB", TARGET_PEER_IDLE_KIB)
     against("1 MiB echo, against websockets", "big", ws_peer, TARGET_PEER_BIG)
