@@ -26,8 +26,9 @@
 7. Peers (issue 15's table): minisoup against libsoup 3 in C (tools/anchor_libsoup_c.c),
    aiohttp and python-websockets (from .venv-bench/) and the stdlib server, each pinned to
    one CPU with the C load generators on another: tools/wsload.c (64-byte echo, 50 x 8 in
-   flight, and its p99; 1 MiB echo; handshakes/s, 8 cycles at a time, and for minisoup and
-   libsoup also 1 and 64; KiB per idle connection, from 1,000 to 5,000 held) and wrk (HTTP
+   flight, and its p99; 1 MiB echo; handshakes/s, 8 cycles at a time with upgrade heads the
+   same but for their fresh key, and for minisoup and libsoup also 1 and 64 at a time and
+   every head different; KiB per idle connection, from 1,000 to 5,000 held) and wrk (HTTP
    keep-alive GET, 32 connections). The C programs are built on first use into
    build/bench-tools/ (tools/peer_tools.py); a missing compiler, libsoup-3.0-dev or wrk
    (``make bench-deps`` installs them) skips what needs it, with a line saying why.
