@@ -768,10 +768,13 @@ class UpgradeHead:
 # A head kept by UpgradeHeads gives way to another only after this many upgrades in a
 # row were checked in full instead of by it: one client program's upgrades mixed with a
 # few of others' leave it in place. Each head replaced before it parsed any upgrade doubles
-# the count, up to HEAD_REPLACED_AFTER_MAX: when the heads all differ (a cookie each, say),
-# making one (~2 us, measured in the handshake cycle) becomes rare.
+# the count, up to HEAD_REPLACED_AFTER_MAX; and a head that has parsed none of the last
+# HEAD_TRIED_FOR upgrades is no longer compared with the next ones. When the heads all
+# differ (a cookie each, say), making a head (~2 us, measured in the handshake cycle) and
+# comparing one (~0.5 us) become rare.
 HEAD_REPLACED_AFTER = 4
 HEAD_REPLACED_AFTER_MAX = 1024
+HEAD_TRIED_FOR = 64
 
 
 class UpgradeHeads:
@@ -779,15 +782,16 @@ class UpgradeHeads:
     Their parsers (``RequestParser(shared=...)``) parse by it the heads equal to it but for
     their key, and the server skips its handshake checks for them (see
     ``Server._websocket_handshake``): measured with wsload's handshake cycle, 8 at a time,
-    ~10 us less of the server's CPU per cycle (47 us instead of 57).
+    ~10 us less of the server's CPU per cycle (about 48 us instead of 58).
 
-    The server offers it the heads of the upgrades it checked in full and accepted
-    (:meth:`offer`). The first is kept; another replaces it once it has parsed none of
-    ``HEAD_REPLACED_AFTER`` of them in a row (more while the heads replaced parsed nothing).
+    For each upgrade it checked in full and accepted, the server calls :meth:`missed`,
+    and when that says so, offers the upgrade's head (:meth:`offer`). The first head is
+    kept; another replaces it once it has parsed none of ``HEAD_REPLACED_AFTER`` upgrades
+    in a row (more while the heads replaced parsed nothing).
 
     Only bytes are compared, all of them: a client gets nothing of another's head but the
-    parse of bytes equal to its own. ``length`` is the head's (-1 without one): the one
-    test that a request of another length pays."""
+    parse of bytes equal to its own. ``length`` is the head's (-1 without one, or while it
+    is not tried): the one test that a request of another length pays."""
 
     __slots__ = ("head", "length", "_misses", "_replaced_after", "_used")
 
@@ -819,17 +823,22 @@ class UpgradeHeads:
         req.shared_head = head
         return req
 
+    def missed(self) -> bool:
+        """Count an upgrade checked in full and accepted that the head did not parse. True
+        if its head is to be offered: there is no head yet, or it is time to replace it."""
+        if self.head is None:
+            return True
+        misses = self._misses = self._misses + 1
+        if misses >= HEAD_TRIED_FOR:
+            self.length = -1  # parsed none of the last ones: no longer compared
+        return misses >= self._replaced_after
+
     def offer(self, head: bytes, req: "Request", fields: str) -> Optional[UpgradeHead]:
-        """An upgrade was checked in full: its ``head`` (the bytes, blank line included),
-        parsed the simple way to ``req`` (``fields``: its field lines as parsed). Kept as
-        the shared head if there is none or it is time to replace it (see
-        ``HEAD_REPLACED_AFTER``), and if it can be one: a GET in HTTP/1.1 with a
-        ``Sec-WebSocket-Key`` of the right form. Returns the new :class:`UpgradeHead`, or
-        None (then the head stays as it was)."""
-        if self.head is not None:
-            self._misses += 1
-            if self._misses < self._replaced_after:
-                return None
+        """Make the head of an upgrade checked in full the shared one (once :meth:`missed`
+        said so): ``head`` (the bytes, blank line included), parsed the simple way to
+        ``req`` (``fields``: its field lines as parsed), if it can be one: a GET in HTTP/1.1
+        with a ``Sec-WebSocket-Key`` of the right form. Returns the new
+        :class:`UpgradeHead`, or None (then the head stays as it was)."""
         if req.method != "GET" or req.version != "HTTP/1.1":
             return None
         key = _KEY_FIELD.search(fields)
@@ -1029,11 +1038,12 @@ class RequestParser:
         return req
 
     def share_head(self, req: Request) -> Optional[UpgradeHead]:
-        """The head of ``req``, the last request read, as this parser's server's shared
+        """The head of ``req``, the last request read, made this parser's server's shared
         upgrade head (:meth:`UpgradeHeads.offer`), or the one it was parsed by. None if
         it cannot be one: no ``shared`` was given, the head was not parsed the simple way,
         has a field about a body, is over ``SAME_HEAD_MAX`` bytes or has no key of the
-        right form. For the server, once the request has proved an upgrade it accepts."""
+        right form. For the server, once the request has proved an upgrade it accepts
+        (and :meth:`UpgradeHeads.missed` said to offer it)."""
         if req.shared_head is not None:
             return req.shared_head
         same = self._same

@@ -839,7 +839,9 @@ class Server(SignalEmitter):
                 return False
             origin = headers.get_one("Origin")
             if as_parsed:
-                head = shared or conn.upgrade_head()
+                head = shared
+                if head is None and self._upgrade_heads.missed():
+                    head = conn.upgrade_head()
                 if head is not None and headers.get_list("Sec-WebSocket-Extensions") is None:
                     self._upgrade_answer = (head, handler, protocol, origin)
             if extensions:

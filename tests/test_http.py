@@ -691,11 +691,14 @@ def upgrade(key=KEY, path=b"/ws", extra=b""):
 
 
 def offered(shared, head):
-    """What ``shared`` makes of ``head`` once a server accepted it (share_head)."""
+    """What ``shared`` makes of ``head`` once a server accepted it, as the server does:
+    missed() for a head it did not parse, then share_head() if that says so."""
     parser = RequestParser(shared=shared)
     parser.feed(head)
     req = parser.read_head()
     parser.read_body()
+    if req.shared_head is None and shared is not None and not shared.missed():
+        return None
     return parser.share_head(req)
 
 
@@ -768,3 +771,23 @@ def test_the_shared_head_gives_way_after_misses_and_later_while_none_is_used():
             if offered(shared, heads[i]) is not None:
                 break
     assert shared._replaced_after == http.HEAD_REPLACED_AFTER_MAX
+
+
+def test_a_head_that_parses_none_of_many_upgrades_is_no_longer_compared():
+    shared = UpgradeHeads()
+    head = offered(shared, upgrade(path=b"/a"))
+    other_key = upgrade(path=b"/a", key=b"x3JJHMbDL1EzLkh9GBhXDw==")
+    for _ in range(http.HEAD_TRIED_FOR - 1):
+        shared.missed()  # an upgrade checked in full whose head could not be offered
+    assert shared.length == head.length
+    parser = RequestParser(shared=shared)
+    parser.feed(other_key)
+    assert parser.read_head().shared_head is head  # still compared; parsing one resets
+    for _ in range(http.HEAD_TRIED_FOR):
+        shared.missed()
+    assert shared.length == -1 and shared.head is head
+    parser = RequestParser(shared=shared)
+    parser.feed(other_key)
+    assert parser.read_head().shared_head is None  # parsed in full, the same request
+    new = offered(shared, upgrade(path=b"/b"))
+    assert new is not None and shared.length == new.length
