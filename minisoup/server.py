@@ -803,8 +803,8 @@ class Server(SignalEmitter):
                              handler: WebsocketHandler) -> bool:
         """Check the handshake; on success write the 101 and hand over. Returns True if upgraded."""
         headers = msg.get_request_headers()
-        req = conn.request
-        shared = req.shared_head
+        req = conn.request  # (None only if the connection no longer has the request)
+        shared = req.shared_head if req is not None else None
         answer = self._upgrade_answer
         key = None
         if (shared is not None and answer is not None and answer[0] is shared
@@ -822,7 +822,8 @@ class Server(SignalEmitter):
         else:
             # Whether the checks below see the head as parsed (then what they find holds
             # for its next repetitions), or headers that someone read or changed first.
-            as_parsed = headers is req.headers and headers.parsed_fields() is not None
+            as_parsed = (req is not None and headers is req.headers
+                         and headers.parsed_fields() is not None)
             try:
                 protocol, extensions, fields = server_handshake(
                     msg.get_method(), msg.get_http_version(), headers, handler.origin,

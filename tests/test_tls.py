@@ -6,6 +6,7 @@ and raw ``ssl`` sockets on the client. The certificates are in tests/tls/ (made 
 tools/make_test_certs.sh; the tests never run openssl).
 """
 
+import base64
 import http.client
 import logging
 import os
@@ -21,6 +22,7 @@ import pytest
 import minisoup
 from minisoup import ListenOptions, TlsAuthMode, WebsocketDataType, WebsocketState
 from minisoup import interfaces
+from minisoup.handshake import compute_accept
 from minisoup.tls import TLSTransport, create_server_context
 from conftest import NullProtocol, running
 from serverproc import MinisoupProcess
@@ -771,6 +773,30 @@ def test_wss_echo_with_minisoup_client(deflate):
         wait_for(lambda: "closed" in seen, what="server close")
     assert seen["uri"].scheme == "wss" and seen["uri"].path == "/echo"
     assert seen["uri"].query == "x=1" and seen["msg_scheme"] == "https"
+
+
+def test_identical_wss_upgrades_share_a_head_and_each_is_its_own_wss_connection(monkeypatch):
+    # The shared upgrade head (http.UpgradeHeads) over TLS: checked once, each 101 with its
+    # own accept, each connection a wss:// one that echoes.
+    calls = []
+    real = minisoup.server.server_handshake
+    monkeypatch.setattr(minisoup.server, "server_handshake",
+                        lambda *args: calls.append(1) or real(*args))
+    server, seen = echo_server()
+    with running(server) as port:
+        for i in range(3):
+            key = base64.b64encode(os.urandom(16)).decode("ascii")
+            sock = tls_connect(port)
+            sock.sendall(handshake_request("/echo?x=1", key=key))
+            status, headers, rest = read_response_head(sock, T)
+            assert status == 101 and headers["sec-websocket-accept"] == compute_accept(key)
+            raw = RawWebSocket.adopt(sock, rest, timeout=T)
+            raw.send_frame(TEXT, b"m%d" % i)
+            assert raw.read_message() == (TEXT, b"m%d" % i)
+            sock.close()
+            assert seen["uri"].scheme == "wss" and seen["uri"].query == "x=1"
+            seen.clear()
+    assert len(calls) == 1
 
 
 def test_wss_with_a_raw_ssl_socket_burst_and_lingering_close():
