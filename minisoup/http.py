@@ -722,6 +722,7 @@ _SIZE, _DATA, _DATA_END, _TRAILER = (ChunkState.SIZE, ChunkState.DATA, ChunkStat
 # (decoded as latin-1: see _FIELD): group 1 is its value, the whole rest of the line.
 _KEY_FIELD = re.compile(r"\r\n(?i:sec-websocket-key):[ \t]*(%s)(?=\r\n|\Z)" % WEBSOCKET_KEY,
                         re.ASCII)
+# A key of the right form, over the bytes of a head (UpgradeHeads.match).
 _KEY_BYTES = re.compile(WEBSOCKET_KEY.encode("ascii"))
 
 
@@ -732,14 +733,14 @@ class UpgradeHead:
     program, which draws a new key each time (RFC 6455 §4.1).
 
     Such a head, whose key is ``WEBSOCKET_KEY_SIZE`` characters of base64 too, passes
-    every check the first one passed, and parses to the same request but for its field
-    lines: the key is no field the parser reads (Host, Connection and those about a body),
+    every check of the parser that the first one passed, and parses to the same request
+    but for its field lines: the key is no field the parser reads (Host, Connection and those about a body),
     and its characters (letters, digits, "+", "/", "=") are allowed in a field value and
     can neither end one nor start another. So ``request`` (the first head's request,
     without its headers) is taken again, with the new head's own field lines.
 
-    ``prefix`` and ``suffix`` are the bytes before and after the key (the blank line
-    included); ``key_start`` where the key starts, ``fields_start`` where the field lines
+    ``prefix`` and ``suffix`` are the bytes before and after the key (the suffix ends
+    with the blank line); ``key_start`` where the key starts, ``fields_start`` where the field lines
     start, both from the start of the head; ``length`` the whole head's."""
 
     __slots__ = ("length", "prefix", "suffix", "key_start", "fields_start", "request")
