@@ -805,13 +805,12 @@ class UpgradeHeads:
 
     def match(self, buf: bytes, off: int, end: int) -> Optional["Request"]:
         """The request of the head ``buf[off:end]`` (its blank line after) if it is the
-        shared head but for its key, else None (then it must be parsed in full)."""
+        shared head but for its key, else None (then it must be parsed in full). Only for
+        a head of ``length`` bytes, blank line included: the caller's test (hot path)."""
         head = self.head
-        if head is None:
-            return None
         key_start = off + head.key_start
         key_end = key_start + WEBSOCKET_KEY_SIZE
-        if (end + 4 - off != head.length or not buf.startswith(head.prefix, off)
+        if (not buf.startswith(head.prefix, off)
                 or not buf.startswith(head.suffix, key_end)
                 or _KEY_BYTES.fullmatch(buf, key_start, key_end) is None):
             return None

@@ -829,14 +829,7 @@ class Server(SignalEmitter):
                     msg.get_method(), msg.get_http_version(), headers, handler.origin,
                     handler.protocols, self._extensions)
             except HandshakeError as exc:
-                log.info("WebSocket handshake refused for %s: %d %s",
-                         msg.get_remote_host(), exc.status, exc.message)
-                msg.set_status(exc.status)
-                response_headers = msg.get_response_headers()
-                for name, value in exc.headers:
-                    response_headers.replace(name, value)
-                response_headers.replace("Connection", "close")  # closes after it
-                msg.set_response("text/plain; charset=utf-8", exc.message + "\n")
+                _refuse_handshake(msg, exc)
                 return False
             origin = headers.get_one("Origin")
             if as_parsed:
@@ -964,6 +957,18 @@ class _Acceptor:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+def _refuse_handshake(msg: ServerMessage, exc: HandshakeError) -> None:
+    """Answer a failed handshake: its status, fields and message, and the connection closes."""
+    log.info("WebSocket handshake refused for %s: %d %s",
+             msg.get_remote_host(), exc.status, exc.message)
+    msg.set_status(exc.status)
+    response_headers = msg.get_response_headers()
+    for name, value in exc.headers:
+        response_headers.replace(name, value)
+    response_headers.replace("Connection", "close")  # the connection closes after it
+    msg.set_response("text/plain; charset=utf-8", exc.message + "\n")
 
 
 def _websocket_uri(uri: SplitResult) -> tuple:
